@@ -1,0 +1,188 @@
+"""``orl-fast ingest SRC OUT``: images -> WebDataset shards + key index + report.
+
+The listing is cut into units of ``shard_size`` inputs; input i gets key ``format_key(i)`` and unit
+j becomes ``shard-j.tar``. Units run in parallel processes and are independent, so a rerun skips
+every unit whose shard, index rows and report are all in place (each written atomically, the tar
+last) and redoes only the rest; the result is byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict
+from multiprocessing import get_context
+
+from tqdm import tqdm
+
+from loaders import shards
+from loaders.sanitize import sanitize
+from loaders.sources import SourceItem, list_sources
+from orl_fast import storage
+from orl_fast.config import IngestConfig
+
+MANIFEST = "ingest.json"
+REPORT = "report.json"
+# Paths listed per kind in report.json (all of them stay in the per-shard reports).
+REPORT_PATHS_CAP = 1000
+
+
+class IngestMismatch(RuntimeError):
+    """OUT already holds an ingest made from another source or with another config."""
+
+
+def report_name(shard: str) -> str:
+    return shard[: -len(".tar")] + ".report.json"
+
+
+def ingest(src: str, out: str, cfg: IngestConfig, progress: bool = True) -> dict:
+    listing = list_sources(src, cfg.extensions)
+    if not listing.items:
+        raise FileNotFoundError(f"ingest source {src!r}: no images found ({listing.kind})")
+    items = listing.items
+    manifest = {
+        "source": src,
+        "kind": listing.kind,
+        "num_inputs": len(items),
+        "listing_sha1": hashlib.sha1("\n".join(i.name for i in items).encode()).hexdigest(),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "workers"},
+    }
+    storage.makedirs(out)
+    _check_manifest(out, manifest)
+    storage.atomic_write_json(storage.join(out, MANIFEST), manifest)
+    storage.remove_stale_temporaries(out)
+
+    units = [(j, j * cfg.shard_size) for j in range((len(items) + cfg.shard_size - 1)
+                                                     // cfg.shard_size)]
+    done = set(storage.listdir(out))
+    todo = [(j, s) for j, s in units if not _unit_done(done, shards.shard_name(j))]
+    workers = cfg.workers or os.cpu_count() or 1
+    bar = tqdm(total=len(items), desc="ingest", unit="img", disable=not progress)
+    bar.update(len(items) - sum(len(items[s:s + cfg.shard_size]) for _, s in todo))
+    for n_inputs in _run_units(out, items, todo, cfg, workers):
+        bar.update(n_inputs)
+    bar.close()
+    return finalize(out, [shards.shard_name(j) for j, _ in units], listing.ignored)
+
+
+def _unit_done(names: set[str], shard: str) -> bool:
+    return {shard, shards.idx_name(shard), report_name(shard)} <= names
+
+
+def _check_manifest(out: str, manifest: dict) -> None:
+    path = storage.join(out, MANIFEST)
+    if not storage.exists(path):
+        if shards.list_shards(out):
+            raise IngestMismatch(f"{out}: holds shards but no {MANIFEST}; use an empty directory")
+        return
+    old = storage.read_json(path)
+    diff = [k for k in manifest if old.get(k) != manifest[k]]
+    if diff:
+        raise IngestMismatch(
+            f"{out}: already holds an ingest with a different {', '.join(diff)} "
+            f"(was {json.dumps({k: old.get(k) for k in diff})[:300]}); "
+            "use another output directory or delete this one"
+        )
+
+
+def _run_units(out: str, items: list[SourceItem], todo: list[tuple[int, int]],
+               cfg: IngestConfig, workers: int) -> Iterator[int]:
+    chunks = [(j, s, items[s:s + cfg.shard_size]) for j, s in todo]
+    if workers <= 1 or len(chunks) <= 1:
+        for j, s, chunk in chunks:
+            yield ingest_unit(out, j, s, chunk, cfg)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending = set()
+        queue = iter(chunks)
+        for j, s, chunk in queue:  # keep the pool busy without submitting everything at once
+            pending.add(pool.submit(ingest_unit, out, j, s, chunk, cfg))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield fut.result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.add(pool.submit(ingest_unit, out, *nxt[:2], nxt[2], cfg))
+
+
+def ingest_unit(out: str, shard_id: int, start: int, items: list[SourceItem],
+                cfg: IngestConfig) -> int:
+    """Sanitize one unit of inputs and write its shard, index rows and report; returns #inputs."""
+    name = shards.shard_name(shard_id)
+    report: dict = {"shard": name, "inputs": len(items), "written": 0, "converted_images": 0,
+                    "skipped": {}, "converted": {}}
+
+    def samples() -> Iterator[tuple[str, bytes, dict]]:
+        for i, item in enumerate(items, start):
+            try:
+                raw = item.read()
+            except Exception as e:  # noqa: BLE001 - unreadable input is reported, not fatal
+                report["skipped"].setdefault("unreadable", []).append(
+                    [item.name, f"{type(e).__name__}: {e}"])
+                continue
+            r = sanitize(raw, min_side=cfg.min_side, max_pixels=cfg.max_pixels,
+                         max_side=cfg.max_side, jpeg_quality=cfg.jpeg_quality)
+            if r.data is None:
+                report["skipped"].setdefault(r.skipped, []).append([item.name, r.detail])
+                continue
+            for kind in r.conversions:
+                report["converted"].setdefault(kind, []).append(item.name)
+            report["converted_images"] += bool(r.conversions)
+            report["written"] += 1
+            key = shards.format_key(i)
+            yield key, r.data, {
+                "key": key,
+                "source": item.name,
+                "width": r.width,
+                "height": r.height,
+                "orig_width": r.orig_width,
+                "orig_height": r.orig_height,
+                "format": r.format,
+                "conversions": r.conversions,
+                "source_sha1": hashlib.sha1(raw).hexdigest(),
+                "sha1": hashlib.sha1(r.data).hexdigest(),
+            }
+
+    tar_url = storage.join(out, name)
+    # The tar goes to a temporary name first; index rows and report are renamed into place
+    # before the tar itself, so "tar present" implies the unit is complete.
+    with storage.atomic_local_file(tar_url) as tmp_tar:
+        rows = shards.write_tar(tmp_tar, samples())
+        shards.write_idx(storage.join(out, shards.idx_name(name)), rows)
+        storage.atomic_write_json(storage.join(out, report_name(name)), report)
+    return len(items)
+
+
+def finalize(out: str, shard_names: list[str], ignored: list[str]) -> dict:
+    """Write index.json and the aggregated report.json from the per-shard files.
+
+    Reads one shard's rows and report at a time: memory stays O(shards), not O(images).
+    """
+    summaries = []
+    total: dict = {"inputs": 0, "written": 0, "converted_images": 0, "skipped_images": 0,
+                   "skipped": {}, "converted": {},
+                   "ignored_files": {"count": len(ignored), "paths": ignored[:REPORT_PATHS_CAP]}}
+    for name in shard_names:
+        summaries.append(shards.shard_summary(
+            name, shards.read_idx(storage.join(out, shards.idx_name(name)))))
+        rep = storage.read_json(storage.join(out, report_name(name)))
+        for field in ("inputs", "written", "converted_images"):
+            total[field] += rep[field]
+        for section in ("skipped", "converted"):
+            for kind, entries in rep[section].items():
+                agg = total[section].setdefault(kind, {"count": 0, "paths": []})
+                agg["count"] += len(entries)
+                room = REPORT_PATHS_CAP - len(agg["paths"])
+                agg["paths"].extend(entries[:max(room, 0)])
+                if len(entries) > room:
+                    agg["paths_truncated"] = True
+    total["skipped_images"] = sum(v["count"] for v in total["skipped"].values())
+    shards.write_index(out, summaries)
+    storage.atomic_write_json(storage.join(out, REPORT), total)
+    return total

@@ -1,0 +1,271 @@
+"""WebDataset image shards and the key index.
+
+Layout of an ingested dataset directory (local path or fsspec URL)::
+
+    shard-000000.tar        WebDataset tar: {key}.jpg (JPEG bytes) + {key}.json (metadata)
+    shard-000000.idx.npy    one row per image: key, byte offset and size of the .jpg and .json
+                            members inside the tar, width, height (numpy structured array)
+    ...
+    index.json              per shard: name, count, first/last key, bytes; totals
+    report.json             what ingest converted or skipped, with reasons and paths
+
+Keys are 9-digit decimal strings ("000000042"). ``ShardIndex`` resolves a key or a global position
+to (shard, offset, size) with O(number of shards) resident state: the per-shard rows are loaded on
+demand into a small LRU cache, so a lookup reads one ``.idx.npy`` at most and then one byte range
+of the tar, without scanning.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import json
+import os
+import tarfile
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from orl_fast import storage
+
+INDEX_FILE = "index.json"
+INDEX_VERSION = 1
+KEY_DIGITS = 9
+
+IDX_DTYPE = np.dtype([
+    ("key", "<i8"),
+    ("offset", "<i8"),       # byte offset of the image data inside the tar
+    ("size", "<i8"),         # image size in bytes
+    ("meta_offset", "<i8"),  # byte offset of the .json data inside the tar
+    ("meta_size", "<i8"),
+    ("width", "<i4"),
+    ("height", "<i4"),
+])
+
+
+def format_key(i: int) -> str:
+    return f"{i:0{KEY_DIGITS}d}"
+
+
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:06d}.tar"
+
+
+def idx_name(shard: str) -> str:
+    return shard[: -len(".tar")] + ".idx.npy"
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_tar(path: str, samples: Iterable[tuple[str, bytes, dict]]) -> np.ndarray:
+    """Write a deterministic WebDataset tar to a local path; return its index rows.
+
+    ``samples`` yields (key, jpeg_bytes, metadata with width/height). Members are ``{key}.jpg``
+    then ``{key}.json``; headers carry no time, owner or mode variation, so identical input gives
+    identical bytes. Not atomic by itself: see :func:`write_shard`.
+    """
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, image, meta in samples:
+            _add_member(tar, f"{key}.jpg", image)
+            _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+    return _index_rows(path)
+
+
+def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict]]) -> np.ndarray:
+    """:func:`write_tar` to any URL, atomically."""
+    with storage.atomic_local_file(url) as tmp:
+        return write_tar(tmp, samples)
+
+
+def write_idx(url: str, rows: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, rows.astype(IDX_DTYPE), allow_pickle=False)
+    storage.atomic_write(url, buf.getvalue())
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _index_rows(tar_path: str) -> np.ndarray:
+    """Read the member offsets back from a finished tar (exact, whatever the header layout)."""
+    entries: dict[str, dict] = {}
+    order: list[str] = []
+    with tarfile.open(tar_path, "r:") as tar:
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            if key not in entries:
+                entries[key] = {}
+                order.append(key)
+            entries[key][ext] = (m.offset_data, m.size)
+            if ext == "json":
+                meta = json.loads(tar.extractfile(m).read())
+                entries[key]["wh"] = (meta["width"], meta["height"])
+    rows = np.zeros(len(order), dtype=IDX_DTYPE)
+    for i, key in enumerate(order):
+        e = entries[key]
+        rows[i] = (int(key), *e["jpg"], *e["json"], *e["wh"])
+    return rows
+
+
+def read_idx(url: str) -> np.ndarray:
+    return np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)
+
+
+def shard_summary(name: str, rows: np.ndarray) -> dict:
+    """The index.json entry of one shard (keys in a shard are increasing)."""
+    return {
+        "name": name,
+        "count": int(len(rows)),
+        "first_key": int(rows["key"][0]) if len(rows) else -1,
+        "last_key": int(rows["key"][-1]) if len(rows) else -1,
+        "bytes": int(rows["size"].sum()) if len(rows) else 0,
+    }
+
+
+def write_index(root: str, shards: list[dict]) -> dict:
+    """Write index.json from :func:`shard_summary` entries (in shard order)."""
+    index = {
+        "version": INDEX_VERSION,
+        "num_images": int(sum(s["count"] for s in shards)),
+        "num_shards": len(shards),
+        "shards": shards,
+    }
+    storage.atomic_write_json(storage.join(root, INDEX_FILE), index)
+    return index
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Location:
+    shard: str       # shard file name inside the dataset root
+    offset: int
+    size: int
+    width: int
+    height: int
+
+
+class ShardIndex:
+    """Random access to an ingested dataset by key or by global position.
+
+    Resident state is O(shards): the shard table plus an LRU of ``cache_shards`` per-shard row
+    arrays. Safe to use in DataLoader workers (file handles are reopened after fork).
+    """
+
+    def __init__(self, root: str, cache_shards: int = 64):
+        self.root = root.rstrip("/")
+        info = storage.read_json(storage.join(self.root, INDEX_FILE))
+        if info.get("version") != INDEX_VERSION:
+            raise ValueError(f"{root}: unsupported index version {info.get('version')}")
+        shards = [s for s in info["shards"] if s["count"] > 0]
+        self.shard_names = [s["name"] for s in shards]
+        self.counts = np.array([s["count"] for s in shards], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.first_keys = [s["first_key"] for s in shards]
+        self.num_images = int(self.starts[-1])
+        self._cache_size = cache_shards
+        self._rows: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._files: dict[str, object] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_rows"] = OrderedDict()
+        state["_files"] = {}
+        return state
+
+    # --- rows
+    def shard_rows(self, shard_id: int) -> np.ndarray:
+        rows = self._rows.get(shard_id)
+        if rows is None:
+            rows = read_idx(storage.join(self.root, idx_name(self.shard_names[shard_id])))
+            self._rows[shard_id] = rows
+            if len(self._rows) > self._cache_size:
+                self._rows.popitem(last=False)
+        else:
+            self._rows.move_to_end(shard_id)
+        return rows
+
+    def position(self, pos: int) -> tuple[int, np.void]:
+        """Global position (0..N-1, in shard order) -> (shard id, row)."""
+        if not 0 <= pos < self.num_images:
+            raise IndexError(f"position {pos} outside [0, {self.num_images})")
+        shard_id = int(np.searchsorted(self.starts, pos, side="right")) - 1
+        return shard_id, self.shard_rows(shard_id)[pos - self.starts[shard_id]]
+
+    def key_at(self, pos: int) -> int:
+        return int(self.position(pos)[1]["key"])
+
+    def find(self, key: int | str) -> tuple[int, np.void]:
+        """Key -> (shard id, row); KeyError when absent."""
+        k = int(key)
+        shard_id = bisect.bisect_right(self.first_keys, k) - 1
+        if shard_id >= 0:
+            rows = self.shard_rows(shard_id)
+            i = int(np.searchsorted(rows["key"], k))
+            if i < len(rows) and rows["key"][i] == k:
+                return shard_id, rows[i]
+        raise KeyError(f"key {key} is not in {self.root}")
+
+    def locate(self, key: int | str) -> Location:
+        shard_id, row = self.find(key)
+        return Location(self.shard_names[shard_id], int(row["offset"]), int(row["size"]),
+                        int(row["width"]), int(row["height"]))
+
+    # --- bytes
+    def _read(self, shard_id: int, offset: int, size: int) -> bytes:
+        if os.getpid() != self._pid:
+            self._files, self._pid = {}, os.getpid()
+        name = self.shard_names[shard_id]
+        f = self._files.get(name)
+        if f is None:
+            f = self._files[name] = storage.open_file(storage.join(self.root, name), "rb")
+        f.seek(offset)
+        return f.read(size)
+
+    def image_bytes(self, key: int | str) -> bytes:
+        shard_id, row = self.find(key)
+        return self._read(shard_id, int(row["offset"]), int(row["size"]))
+
+    def meta(self, key: int | str) -> dict:
+        shard_id, row = self.find(key)
+        return json.loads(self._read(shard_id, int(row["meta_offset"]), int(row["meta_size"])))
+
+    def image_bytes_at(self, pos: int) -> tuple[int, bytes]:
+        shard_id, row = self.position(pos)
+        return int(row["key"]), self._read(shard_id, int(row["offset"]), int(row["size"]))
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+
+def iter_shard(url: str) -> Iterator[tuple[str, bytes, dict]]:
+    """Stream one shard: (key, image bytes, metadata), in order (works on any fsspec URL)."""
+    with storage.open_file(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        pending: dict[str, dict[str, bytes]] = {}
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            pending.setdefault(key, {})[ext] = tar.extractfile(m).read()
+            if "jpg" in pending[key] and "json" in pending[key]:
+                d = pending.pop(key)
+                yield key, d["jpg"], json.loads(d["json"])
+
+
+def list_shards(root: str) -> list[str]:
+    return [n for n in storage.listdir(root) if n.startswith("shard-") and n.endswith(".tar")]

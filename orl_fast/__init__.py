@@ -1,0 +1,1 @@
+"""orl-fast: orl_fast."""

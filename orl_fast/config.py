@@ -1,0 +1,416 @@
+"""Typed configuration: dataclasses, loaded from YAML, dotted overrides, validated at start-up.
+
+The dataclass defaults are the paper's (ORL, NeurIPS 2021; see SPEC.md). Shipped configs live in
+``orl_fast/configs/*.yaml``; ``load_config("paper", ["train.batch_size=256"])`` resolves a shipped
+name or a path, applies overrides and validates. Every error names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Backbone = Literal[
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2"
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: Backbone = "resnet50"
+    proj_hidden_dim: int = 4096
+    proj_dim: int = 256
+    pred_hidden_dim: int = 4096
+    # SyncBN when distributed (torch SyncBatchNorm on CUDA, a cross-rank BN on CPU/gloo).
+    sync_bn: bool = True
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "proj_hidden_dim", "proj_dim", "pred_hidden_dim")
+
+
+@dataclass
+class AugmentConfig:
+    """BYOL augmentations. Pairs are (view 1, view 2): the asymmetric blur / solarise of BYOL."""
+
+    crop_size: int = 224
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    # Resampling of the resized crop (official ORL: PIL interpolation 2 = bilinear).
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    hflip_p: float = 0.5
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+    solarize_threshold: int = 128
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "crop_size")
+        _ordered(p, self, "crop_scale", lo=0.0, hi=1.0)
+        _ordered(p, self, "crop_ratio", lo=0.0)
+        _ordered(p, self, "blur_sigma", lo=0.0)
+        for name in ("hflip_p", "color_jitter_p", "grayscale_p"):
+            _probability(p, name, getattr(self, name))
+        for name in ("blur_p", "solarize_p"):
+            for v in getattr(self, name):
+                _probability(p, name, v)
+        if any(v < 0 for v in self.color_jitter) or self.color_jitter[3] > 0.5:
+            raise ConfigError(
+                f"{p}color_jitter: (brightness, contrast, saturation, hue) must be >= 0 with "
+                f"hue <= 0.5, got {self.color_jitter}"
+            )
+        if not 0 <= self.solarize_threshold <= 255:
+            raise ConfigError(f"{p}solarize_threshold: must be in [0, 255], got {self.solarize_threshold}")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"{p}std: must be > 0, got {self.std}")
+
+
+@dataclass
+class OptimConfig:
+    """SGD, lr = base_lr x global_batch / lr_base_batch, linear warm-up then cosine decay."""
+
+    base_lr: float = 0.2
+    lr_base_batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # BYOL/LARS-style: no weight decay on BN parameters and biases (off in the paper's SGD recipe).
+    exclude_bn_bias_from_wd: bool = False
+    warmup_epochs: float = 4.0
+    # Warm-up starts at base x this factor (OpenSelfSup: warmup_ratio 1e-4).
+    warmup_start_factor: float = 1e-4
+    min_lr: float = 0.0
+    schedule: Literal["cosine"] = "cosine"
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "base_lr", "lr_base_batch")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{p}momentum: must be in [0, 1), got {self.momentum}")
+        _non_negative(p, self, "weight_decay", "warmup_epochs", "min_lr")
+        if not 0 < self.warmup_start_factor <= 1:
+            raise ConfigError(f"{p}warmup_start_factor: must be in (0, 1], got {self.warmup_start_factor}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 800
+    # Global batch over all ranks; each rank gets batch_size / world_size.
+    batch_size: int = 512
+    tau_base: float = 0.99
+    # bf16 autocast applies on CUDA; CPU runs in fp32.
+    precision: Literal["bf16", "fp32"] = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    num_workers: int = 8
+    prefetch_factor: int = 4
+    seed: int = 0
+    # Bit-exact CPU runs (torch.use_deterministic_algorithms); slower, for tests and debugging.
+    deterministic: bool = False
+    ckpt_every_steps: int = 1000
+    keep_last: int = 3
+    log_every_steps: int = 20
+    # Stop after this many optimiser steps (0: run all epochs). Schedules still span all epochs.
+    max_steps: int = 0
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "epochs", "batch_size", "ckpt_every_steps", "keep_last",
+                  "log_every_steps", "prefetch_factor")
+        _non_negative(p, self, "num_workers", "max_steps", "seed")
+        if not 0 <= self.tau_base <= 1:
+            raise ConfigError(f"{p}tau_base: must be in [0, 1], got {self.tau_base}")
+
+
+@dataclass
+class IngestConfig:
+    shard_size: int = 1000
+    # Worker processes (0: one per CPU core).
+    workers: int = 0
+    # Quality for images that must be re-encoded (non-JPEG, CMYK, 16-bit, alpha, rotated, ...).
+    jpeg_quality: int = 95
+    # Images whose shorter side is below this are skipped as "too_small".
+    min_side: int = 32
+    # Images with more pixels are skipped as "decompression_bomb" before decoding.
+    max_pixels: int = 178_956_970
+    # Larger images are downscaled so that the longer side is max_side (0: keep the size).
+    max_side: int = 0
+    extensions: tuple[str, ...] = (
+        ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+    )
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "shard_size", "min_side", "max_pixels")
+        _non_negative(p, self, "workers", "max_side")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"{p}jpeg_quality: must be in [1, 100], got {self.jpeg_quality}")
+
+
+@dataclass
+class MineConfig:
+    """Stage 2: correspondence discovery (SPEC, Stage 2)."""
+
+    knn_k: int = 10
+    knn_backend: Literal["torch", "faiss"] = "torch"
+    # Whole-image embedding input: resized to this square size.
+    embed_size: int = 224
+    # Selective search on the image resized so its longer side is at most this (0: full size).
+    ss_max_side: int = 0
+    min_box_size: int = 96
+    aspect_range: tuple[float, float] = (1 / 3, 3.0)
+    max_iou: float = 0.5
+    max_boxes: int = 100
+    roi_size: int = 224
+    # Top N% of the query's RoIs kept as pairs per (query, neighbour).
+    topn_frac: float = 0.1
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "knn_k", "embed_size", "min_box_size", "max_boxes", "roi_size")
+        _non_negative(p, self, "ss_max_side")
+        _ordered(p, self, "aspect_range", lo=0.0)
+        if not 0 <= self.max_iou <= 1:
+            raise ConfigError(f"{p}max_iou: must be in [0, 1], got {self.max_iou}")
+        if not 0 < self.topn_frac <= 1:
+            raise ConfigError(f"{p}topn_frac: must be in (0, 1], got {self.topn_frac}")
+
+
+@dataclass
+class ORLConfig:
+    """Stage 3: object-level pre-training (SPEC, Stage 3)."""
+
+    # lambda_1 (image), lambda_2 (intra-RoI), lambda_3 (inter-RoI).
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    patch_size: int = 96
+    # Box jitter for intra-RoI patches.
+    jitter_shift: float = 0.5
+    jitter_area: tuple[float, float] = (0.5, 2.0)
+    jitter_aspect: tuple[float, float] = (0.5, 2.0)
+    jitter_min_iou: float = 0.5
+    jitter_tries: int = 200
+    init: Literal["scratch", "stage1"] = "scratch"
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "patch_size", "jitter_tries")
+        _non_negative(p, self, "jitter_shift")
+        _ordered(p, self, "jitter_area", lo=0.0)
+        _ordered(p, self, "jitter_aspect", lo=0.0)
+        if any(w < 0 for w in self.loss_weights) or sum(self.loss_weights) == 0:
+            raise ConfigError(f"{p}loss_weights: must be >= 0 and not all 0, got {self.loss_weights}")
+        if not 0 <= self.jitter_min_iou < 1:
+            raise ConfigError(f"{p}jitter_min_iou: must be in [0, 1), got {self.jitter_min_iou}")
+
+
+@dataclass
+class Config:
+    # Image shards (output of `orl-fast ingest`): local path or fsspec URL.
+    data: str = ""
+    # Output directory of the stage being run.
+    out: str = ""
+    # Input checkpoint (Stage 2 and evaluation read the Stage 1 / Stage 3 model from it).
+    ckpt: str = ""
+    # Mined pairs (output of Stage 2), read by Stage 3.
+    pairs: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    orl: ORLConfig = field(default_factory=ORLConfig)
+
+    def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(f.name + ".")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self, *sections: str) -> str:
+        """A short stable hash of the named sections (all when none): what a stage's output depends on."""
+        d = self.to_dict()
+        if sections:
+            d = {s: d[s] for s in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("orl_fast.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_config(name_or_path: str | None = "paper", overrides: list[str] | None = None) -> Config:
+    """Shipped name (``paper``, ``small``) or YAML path, then ``a.b=value`` overrides, validated."""
+    data: dict[str, Any] = {}
+    if name_or_path:
+        data = _read_yaml(name_or_path)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected FIELD=VALUE, e.g. train.batch_size=256")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return from_dict(data).validate()
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data, "")
+
+
+def _read_yaml(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        if name_or_path not in shipped_configs():
+            raise ConfigError(
+                f"config {name_or_path!r}: not a file and not a shipped config "
+                f"(shipped: {', '.join(shipped_configs())})"
+            )
+        text = resources.files("orl_fast.configs").joinpath(name_or_path + ".yaml").read_text()
+    else:
+        if not path.exists():
+            raise ConfigError(f"config {name_or_path!r}: file not found")
+        text = path.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {name_or_path!r}: top level must be a mapping")
+    return data
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown field (allowed in {prefix.rstrip('.') or 'config'}: "
+            f"{', '.join(names)})"
+        )
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, data[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(data[name], kind, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: Any, path: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        allowed = typing.get_args(kind)
+        if value not in allowed:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError(f"{path}: union types are not supported in the config")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"{path}: unsupported config type {kind}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- validators
+
+
+def _positive(p: str, obj: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if not v > 0:
+            raise ConfigError(f"{p}{name}: must be > 0, got {v}")
+
+
+def _non_negative(p: str, obj: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if v < 0:
+            raise ConfigError(f"{p}{name}: must be >= 0, got {v}")
+
+
+def _probability(p: str, name: str, v: float) -> None:
+    if not 0 <= v <= 1:
+        raise ConfigError(f"{p}{name}: probabilities must be in [0, 1], got {v}")
+
+
+def _ordered(p: str, obj: Any, name: str, lo: float | None = None, hi: float | None = None) -> None:
+    a, b = getattr(obj, name)
+    if a > b or (lo is not None and a <= lo) or (hi is not None and b > hi):
+        bounds = (f"{lo} < " if lo is not None else "") + "low <= high" + (
+            f" <= {hi}" if hi is not None else "")
+        raise ConfigError(f"{p}{name}: expected (low, high) with {bounds}, got {(a, b)}")
