@@ -118,7 +118,7 @@ def ingest_unit(out: str, shard_id: int, start: int, items: list[SourceItem],
     report: dict = {"shard": name, "inputs": len(items), "written": 0, "converted_images": 0,
                     "skipped": {}, "converted": {}}
 
-    def samples() -> Iterator[tuple[str, bytes, dict]]:
+    def samples() -> Iterator[tuple[str, bytes, dict | None]]:
         for i, item in enumerate(items, start):
             try:
                 raw = item.read()

@@ -60,24 +60,28 @@ def idx_name(shard: str) -> str:
 # ----------------------------------------------------------------------------- writing
 
 
-def write_tar(path: str, samples: Iterable[tuple[str, bytes, dict]]) -> np.ndarray:
+def write_tar(path: str, samples: Iterable[tuple[str, bytes, dict | None]],
+              ext: str = "jpg") -> np.ndarray:
     """Write a deterministic WebDataset tar to a local path; return its index rows.
 
-    ``samples`` yields (key, jpeg_bytes, metadata with width/height). Members are ``{key}.jpg``
-    then ``{key}.json``; headers carry no time, owner or mode variation, so identical input gives
-    identical bytes. Not atomic by itself: see :func:`write_shard`.
+    ``samples`` yields (key, data, metadata or None) in increasing key order. Members are
+    ``{key}.{ext}`` then, when there is metadata, ``{key}.json`` (its ``width``/``height``, if
+    any, go into the index rows). Headers carry no time, owner or mode variation, so identical
+    input gives identical bytes. Not atomic by itself: see :func:`write_shard`.
     """
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, image, meta in samples:
-            _add_member(tar, f"{key}.jpg", image)
-            _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-    return _index_rows(path)
+        for key, data, meta in samples:
+            _add_member(tar, f"{key}.{ext}", data)
+            if meta is not None:
+                _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+    return _index_rows(path, ext)
 
 
-def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict]]) -> np.ndarray:
+def write_shard(url: str, samples: Iterable[tuple[str, bytes, dict | None]],
+                ext: str = "jpg") -> np.ndarray:
     """:func:`write_tar` to any URL, atomically."""
     with storage.atomic_local_file(url) as tmp:
-        return write_tar(tmp, samples)
+        return write_tar(tmp, samples, ext)
 
 
 def write_idx(url: str, rows: np.ndarray) -> None:
@@ -96,24 +100,20 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _index_rows(tar_path: str) -> np.ndarray:
+def _index_rows(tar_path: str, ext: str) -> np.ndarray:
     """Read the member offsets back from a finished tar (exact, whatever the header layout)."""
     entries: dict[str, dict] = {}
-    order: list[str] = []
     with tarfile.open(tar_path, "r:") as tar:
         for m in tar:
-            key, _, ext = m.name.partition(".")
-            if key not in entries:
-                entries[key] = {}
-                order.append(key)
-            entries[key][ext] = (m.offset_data, m.size)
-            if ext == "json":
+            key, _, member_ext = m.name.partition(".")
+            e = entries.setdefault(key, {"json": (0, 0), "wh": (0, 0)})
+            e[member_ext] = (m.offset_data, m.size)
+            if member_ext == "json":
                 meta = json.loads(tar.extractfile(m).read())
-                entries[key]["wh"] = (meta["width"], meta["height"])
-    rows = np.zeros(len(order), dtype=IDX_DTYPE)
-    for i, key in enumerate(order):
-        e = entries[key]
-        rows[i] = (int(key), *e["jpg"], *e["json"], *e["wh"])
+                e["wh"] = (meta.get("width", 0), meta.get("height", 0))
+    rows = np.zeros(len(entries), dtype=IDX_DTYPE)
+    for i, (key, e) in enumerate(entries.items()):
+        rows[i] = (int(key), *e[ext], *e["json"], *e["wh"])
     return rows
 
 
@@ -157,7 +157,10 @@ class Location:
 
 
 class ShardIndex:
-    """Random access to an ingested dataset by key or by global position.
+    """Random access by key or by global position to a directory of shards with an index.json.
+
+    Serves image shards (``data`` = JPEG bytes) and any other record shards written with
+    :func:`write_shard` (Stage 2's pair shards: ``data`` = an encoded record).
 
     Resident state is O(shards): the shard table plus an LRU of ``cache_shards`` per-shard row
     arrays. Safe to use in DataLoader workers (file handles are reopened after fork).
@@ -237,7 +240,8 @@ class ShardIndex:
         f.seek(offset)
         return f.read(size)
 
-    def image_bytes(self, key: int | str) -> bytes:
+    def data(self, key: int | str) -> bytes:
+        """The primary member of ``key`` (the JPEG bytes of an image shard)."""
         shard_id, row = self.find(key)
         return self._read(shard_id, int(row["offset"]), int(row["size"]))
 
@@ -245,7 +249,8 @@ class ShardIndex:
         shard_id, row = self.find(key)
         return json.loads(self._read(shard_id, int(row["meta_offset"]), int(row["meta_size"])))
 
-    def image_bytes_at(self, pos: int) -> tuple[int, bytes]:
+    def data_at(self, pos: int) -> tuple[int, bytes]:
+        """(key, primary member) at a global position."""
         shard_id, row = self.position(pos)
         return int(row["key"]), self._read(shard_id, int(row["offset"]), int(row["size"]))
 
@@ -255,17 +260,20 @@ class ShardIndex:
         self._files = {}
 
 
-def iter_shard(url: str) -> Iterator[tuple[str, bytes, dict]]:
-    """Stream one shard: (key, image bytes, metadata), in order (works on any fsspec URL)."""
+def iter_shard(url: str, ext: str = "jpg") -> Iterator[tuple[str, bytes, dict]]:
+    """Stream one shard in order: (key, data, metadata or {}); works on any fsspec URL."""
     with storage.open_file(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        pending: dict[str, dict[str, bytes]] = {}
+        current, members = None, {}
         for m in tar:
-            key, _, ext = m.name.partition(".")
-            pending.setdefault(key, {})[ext] = tar.extractfile(m).read()
-            if "jpg" in pending[key] and "json" in pending[key]:
-                d = pending.pop(key)
-                yield key, d["jpg"], json.loads(d["json"])
+            key, _, member_ext = m.name.partition(".")
+            if key != current and current is not None:
+                yield current, members[ext], json.loads(members.get("json", b"{}"))
+                members = {}
+            current = key
+            members[member_ext] = tar.extractfile(m).read()
+        if current is not None:
+            yield current, members[ext], json.loads(members.get("json", b"{}"))
 
 
-def list_shards(root: str) -> list[str]:
-    return [n for n in storage.listdir(root) if n.startswith("shard-") and n.endswith(".tar")]
+def list_shards(root: str, prefix: str = "shard-") -> list[str]:
+    return [n for n in storage.listdir(root) if n.startswith(prefix) and n.endswith(".tar")]

@@ -60,7 +60,7 @@ class ImageViewsDataset(Dataset):
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
             p = (pos + attempt) % len(self.index)
             try:
-                key, raw = self.index.image_bytes_at(p)
+                key, raw = self.index.data_at(p)
                 img = decode_rgb(raw)
             except Exception as e:  # noqa: BLE001 - a bad sample must not stop a long run
                 self.failures += 1

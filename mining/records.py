@@ -1,0 +1,132 @@
+"""The per-image record Stage 2 writes and Stage 3 reads: kept boxes, neighbours, RoI pairs.
+
+One record per query image, stored as ``{key}.pairs`` members of WebDataset tars
+(``MINED/pairs/pairs-000000.tar`` ...) with the same ``index.json`` + ``.idx.npy`` layout as the
+image shards, so :class:`loaders.shards.ShardIndex` fetches a record by key with one byte-range
+read. Boxes are xywh in original image pixels.
+
+Binary layout of a record (little-endian)::
+
+    b"ORLP" | version u8 | header length u32 | header JSON | array bytes (C order, in header order)
+
+The header holds ``key``, ``width``, ``height`` and, per array, its dtype and shape. Arrays:
+
+    boxes              int32   [M, 4]  kept selective-search boxes, objectness order (intra-RoI)
+    neighbors          int64   [K]     neighbour image keys, most similar first
+    neighbor_sims      float32 [K]     cosine similarity of the image embeddings
+    pair_neighbor      int16   [P]     which neighbour (index into ``neighbors``) a pair belongs to
+    pair_query_box     int32   [P, 4]  box in the query image
+    pair_neighbor_box  int32   [P, 4]  box in the neighbour image
+    pair_score         float32 [P]     RoI cosine similarity
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from loaders.shards import ShardIndex
+from orl_fast import storage
+
+MAGIC = b"ORLP"
+VERSION = 1
+EXT = "pairs"
+PAIRS_DIR = "pairs"
+
+_ARRAYS = {  # name -> (dtype, trailing shape)
+    "boxes": ("<i4", (4,)),
+    "neighbors": ("<i8", ()),
+    "neighbor_sims": ("<f4", ()),
+    "pair_neighbor": ("<i2", ()),
+    "pair_query_box": ("<i4", (4,)),
+    "pair_neighbor_box": ("<i4", (4,)),
+    "pair_score": ("<f4", ()),
+}
+
+
+def _empty(name: str) -> np.ndarray:
+    dtype, tail = _ARRAYS[name]
+    return np.zeros((0, *tail), dtype=dtype)
+
+
+@dataclass
+class PairRecord:
+    key: int
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: _empty("boxes"))
+    neighbors: np.ndarray = field(default_factory=lambda: _empty("neighbors"))
+    neighbor_sims: np.ndarray = field(default_factory=lambda: _empty("neighbor_sims"))
+    pair_neighbor: np.ndarray = field(default_factory=lambda: _empty("pair_neighbor"))
+    pair_query_box: np.ndarray = field(default_factory=lambda: _empty("pair_query_box"))
+    pair_neighbor_box: np.ndarray = field(default_factory=lambda: _empty("pair_neighbor_box"))
+    pair_score: np.ndarray = field(default_factory=lambda: _empty("pair_score"))
+
+    def __post_init__(self) -> None:
+        for name, (dtype, tail) in _ARRAYS.items():
+            arr = np.ascontiguousarray(getattr(self, name), dtype=dtype)
+            if arr.size == 0:
+                arr = arr.reshape(0, *tail)
+            if arr.shape[1:] != tail:
+                raise ValueError(f"{name}: expected shape [N, {', '.join(map(str, tail))}], "
+                                 f"got {arr.shape}")
+            setattr(self, name, arr)
+        n = len(self.pair_neighbor)
+        if not (len(self.pair_query_box) == len(self.pair_neighbor_box) == len(self.pair_score)
+                == n):
+            raise ValueError("pair arrays must have the same length")
+        if len(self.neighbor_sims) != len(self.neighbors):
+            raise ValueError("neighbors and neighbor_sims must have the same length")
+        if n and (self.pair_neighbor.min() < 0 or self.pair_neighbor.max() >= len(self.neighbors)):
+            raise ValueError("pair_neighbor indexes outside neighbors")
+
+    def pairs_of(self, slot: int) -> np.ndarray:
+        """Indices of the pairs mined between this image and ``neighbors[slot]``."""
+        return np.flatnonzero(self.pair_neighbor == slot)
+
+    def encode(self) -> bytes:
+        arrays = {name: getattr(self, name) for name in _ARRAYS}
+        header = json.dumps({
+            "key": int(self.key), "width": int(self.width), "height": int(self.height),
+            "arrays": {n: list(a.shape) for n, a in arrays.items()},
+        }, separators=(",", ":")).encode()
+        return b"".join([MAGIC, struct.pack("<BI", VERSION, len(header)), header,
+                         *(a.tobytes() for a in arrays.values())])
+
+    @classmethod
+    def decode(cls, data: bytes) -> PairRecord:
+        if data[:4] != MAGIC:
+            raise ValueError("not a pair record (bad magic)")
+        version, hlen = struct.unpack_from("<BI", data, 4)
+        if version != VERSION:
+            raise ValueError(f"unsupported pair record version {version}")
+        start = 4 + 5
+        header = json.loads(data[start:start + hlen])
+        offset = start + hlen
+        arrays = {}
+        for name, shape in header["arrays"].items():
+            dtype = np.dtype(_ARRAYS[name][0])
+            count = int(np.prod(shape))
+            arrays[name] = np.frombuffer(data, dtype, count, offset).reshape(shape)
+            offset += count * dtype.itemsize
+        return cls(header["key"], header["width"], header["height"], **arrays)
+
+
+def pair_shard_name(shard_id: int) -> str:
+    return f"pairs-{shard_id:06d}.tar"
+
+
+def open_pairs(mined: str) -> ShardIndex:
+    """Random access to the records of a Stage 2 output directory (``MINED/pairs``)."""
+    return ShardIndex(storage.join(mined, PAIRS_DIR))
+
+
+def read_record(index: ShardIndex, key: int | str) -> PairRecord | None:
+    """The record of ``key``; None when the image has none (Stage 3 then uses the whole image)."""
+    try:
+        return PairRecord.decode(index.data(key))
+    except KeyError:
+        return None
