@@ -1,0 +1,92 @@
+"""Shared fixtures: the real data sets in ../shared/data, tiny shard sets and tiny configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ORL_FAST_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Tests run CPU-only and small: keep torch from oversubscribing the 2 cores of CI.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for `python -m orl_fast ...` subprocesses: import this checkout first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def orl_fast_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "orl_fast", *args]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set ORL_FAST_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def coco_mini(shared_data: Path) -> Path:
+    return shared_data / "coco-mini"
+
+
+@pytest.fixture(scope="session")
+def coco_shards(coco_mini: Path, tmp_path_factory) -> str:
+    """The first 64 coco-mini images ingested into 2 shards (session-wide, read-only)."""
+    from loaders.ingest import ingest
+    from orl_fast.config import IngestConfig
+
+    root = tmp_path_factory.mktemp("coco_shards")
+    names = sorted(os.listdir(coco_mini / "images"))[:64]
+    listing = root / "list.txt"
+    listing.write_text("".join(f"{coco_mini / 'images' / n}\n" for n in names))
+    out = str(root / "shards")
+    ingest(str(listing), out, IngestConfig(shard_size=32, workers=1), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def scene_shards(tmp_path_factory) -> tuple[str, str]:
+    """48 generated scenes (160x120) in 2 shards; returns (shards dir, COCO instances.json)."""
+    from loaders.ingest import ingest
+    from loaders.synthetic import write_scenes
+    from orl_fast.config import IngestConfig
+
+    root = tmp_path_factory.mktemp("scenes")
+    images = write_scenes(str(root / "scenes"), 48, seed=1, width=160, height=120)
+    out = str(root / "shards")
+    ingest(images, out, IngestConfig(shard_size=24, workers=1), progress=False)
+    return out, str(root / "scenes" / "instances.json")
+
+
+TINY_OVERRIDES = [
+    "model.backbone=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",
+    "model.pred_hidden_dim=64", "aug.crop_size=32", "train.batch_size=8", "train.epochs=1",
+    "train.num_workers=0", "train.precision=fp32", "train.log_every_steps=1",
+    "train.ckpt_every_steps=2", "train.device=cpu", "optim.warmup_epochs=0",
+]
+
+
+@pytest.fixture
+def tiny_config():
+    """A Config factory: tiny ResNet-18 run on CPU, plus any extra overrides."""
+    from orl_fast.config import load_config
+
+    def make(*overrides: str):
+        return load_config("small", [*TINY_OVERRIDES, *overrides])
+
+    return make
+
+
+def cuda_only():
+    return pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
