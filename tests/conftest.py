@@ -88,5 +88,11 @@ def tiny_config():
     return make
 
 
-def cuda_only():
-    return pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``@pytest.mark.gpu`` skip, with the reason, where CUDA is absent."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
