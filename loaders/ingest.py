@@ -50,6 +50,7 @@ def ingest(src: str, out: str, cfg: IngestConfig, progress: bool = True) -> dict
         "listing_sha1": hashlib.sha1("\n".join(i.name for i in items).encode()).hexdigest(),
         "config": {k: v for k, v in asdict(cfg).items() if k != "workers"},
     }
+    manifest = json.loads(json.dumps(manifest))  # as it reads back (tuples become lists)
     storage.makedirs(out)
     _check_manifest(out, manifest)
     storage.atomic_write_json(storage.join(out, MANIFEST), manifest)

@@ -19,9 +19,9 @@ from orl_fast.config import ConfigError, load_config
 
 def _add_config_args(p: argparse.ArgumentParser, default: str = "paper") -> None:
     p.add_argument("--config", default=default,
-                   help=f"shipped config name or YAML path (default: {default})")
-    p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
-                   help="dotted overrides, e.g. train.batch_size=256 data=shards/ out=runs/x")
+                   help=f"shipped config name or YAML path (default: {default}); any further "
+                        "FIELD=VALUE arguments are dotted overrides, e.g. train.batch_size=256")
+    p.set_defaults(overrides=[])
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -89,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if "=" not in a or a.startswith("-")]
+    if bad or (extra and not hasattr(args, "config")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    args.overrides = extra
     try:
         return args.func(args)
     except ConfigError as e:

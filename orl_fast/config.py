@@ -117,8 +117,8 @@ class TrainConfig:
     # Global batch over all ranks; each rank gets batch_size / world_size.
     batch_size: int = 512
     tau_base: float = 0.99
-    # bf16 autocast applies on CUDA; CPU runs in fp32.
-    precision: Literal["bf16", "fp32"] = "bf16"
+    # bf16 autocast applies on CUDA (CPU runs in fp32); fp64 is for numerical verification.
+    precision: Literal["bf16", "fp32", "fp64"] = "bf16"
     channels_last: bool = True
     compile: bool = False
     device: Literal["auto", "cuda", "cpu"] = "auto"

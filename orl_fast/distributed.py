@@ -102,21 +102,25 @@ class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.training or not self.track_running_stats, self.momentum or 0.0, self.eps)
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
-        xf = x.float()
-        count = torch.full((1,), xf.numel() / c, dtype=torch.float32, device=x.device)
-        stats = _AllReduceSum.apply(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
-        total = stats[-1]
-        mean = stats[:c] / total
-        var = (stats[c:2 * c] / total - mean * mean).clamp_min(0)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 -> fp32, fp64 stays
+        # Two passes, each one all-reduce: the global mean, then the global sum of squares about
+        # it (E[x^2] - mean^2 in fp32 loses the variance of channels whose mean dwarfs it).
+        count = torch.full((1,), xf.numel() / c, dtype=xf.dtype, device=x.device)
+        sums = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
+        total = sums[-1]
+        mean = sums[:c] / total
+        centred = xf - mean.view(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / total
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(
                     self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), m)
-                self.running_var.lerp_(var.detach() * total / (total - 1).clamp_min(1), m)
-        shape = [1, c] + [1] * (x.dim() - 2)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+                unbiased = var.detach() * total / (total - 1).clamp_min(1)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
@@ -128,8 +132,11 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
             module, CrossRankBatchNorm):
-        new = CrossRankBatchNorm(module.num_features, module.eps, module.momentum,
-                                 module.affine, module.track_running_stats)
+        ref = next(iter(module.parameters()), module.running_mean)
+        new = CrossRankBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                 module.track_running_stats,
+                                 device=None if ref is None else ref.device,
+                                 dtype=None if ref is None else ref.dtype)
         if module.affine:
             with torch.no_grad():
                 new.weight.copy_(module.weight)

@@ -78,7 +78,8 @@ def fit(cfg: Config, model: nn.Module, num_images: int,
     """
     t = cfg.train
     sched = Schedule(cfg, num_images)
-    model.to(rt.device)
+    dtype = torch.float64 if t.precision == "fp64" else torch.float32
+    model.to(rt.device, dtype)
     if t.channels_last and rt.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     if rt.distributed and cfg.model.sync_bn:
@@ -126,7 +127,8 @@ def fit(cfg: Config, model: nn.Module, num_images: int,
     window_start, window_images, data_wait = time.perf_counter(), 0, 0.0
     fetch_start = time.perf_counter()
     for batch in loader_fn(step, sched.stop_step):
-        inputs = prepare(batch, rt.device)
+        inputs = tuple(x.to(dtype) if x.is_floating_point() else x
+                       for x in prepare(batch, rt.device))
         data_wait += time.perf_counter() - fetch_start
         lr = sched.lr(step)
         for group in optimizer.param_groups:

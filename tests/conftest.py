@@ -96,3 +96,94 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _encode(img, fmt: str, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb never decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0,
+                                                              0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def _png_48bit(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = b"".join(b"\x00" + rng.integers(0, 65535, width * 3, dtype=np.uint16).astype(
+        ">u2").tobytes() for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2,
+                                                              0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="session")
+def bad_corpus(tmp_path_factory):
+    """A directory with one file per kind of bad input; returns (dir, expected report counts).
+
+    Expected: ``skipped`` and ``converted`` counts per kind, ``written`` and ``ignored``.
+    """
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("bad_corpus")
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    jpeg = _encode(rgb, "JPEG", quality=90)
+    exif = rgb.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    palette = rgb.convert("P")
+    files = {
+        "ok.jpg": jpeg,
+        "ok_progressive.jpg": _encode(rgb, "JPEG", progressive=True),
+        "zero.jpg": b"",
+        "text.jpg": b"this is not an image\n" * 10,
+        "corrupt.jpg": b"\xff\xd8\xff\xe0" + rng.bytes(400),
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "cmyk.jpg": _encode(rgb.convert("CMYK"), "JPEG"),
+        "gray.jpg": _encode(rgb.convert("L"), "JPEG"),
+        "gray16.png": _encode(Image.fromarray(
+            rng.integers(0, 65535, (96, 128)).astype(np.uint16)), "PNG"),
+        "rgb48.png": _png_48bit(128, 96),
+        "rgba.png": _encode(rgb.convert("RGBA"), "PNG"),
+        "palette_transparent.gif": _encode(palette, "GIF", transparency=0),
+        "exif_rotated.jpg": _encode(rgb, "JPEG", exif=exif.tobytes()),
+        "one_pixel.png": _encode(Image.new("RGB", (1, 1)), "PNG"),
+        "bomb.png": _png_header_only(40_000, 40_000),
+        "photo.webp": _encode(rgb, "WEBP"),
+        "photo.bmp": _encode(rgb, "BMP"),
+        "README.txt": b"not an image extension: listed as ignored\n",
+    }
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    expected = {
+        "written": 11,
+        "skipped": {"empty": 1, "not_an_image": 1, "corrupt": 1, "truncated": 1, "too_small": 1,
+                    "decompression_bomb": 1},
+        "converted": {"cmyk": 1, "grayscale": 1, "16bit": 2, "alpha": 2, "palette": 1,
+                      "exif_rotated": 1, "reencoded": 6},
+        "ignored": 1,
+    }
+    return root, expected

@@ -1,0 +1,162 @@
+"""Stage 1 training: checkpoints, kill -9 + resume equals an uninterrupted run, DDP over gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import TINY_OVERRIDES, orl_fast_cmd, subprocess_env
+
+from orl_fast import checkpoint, stage1
+from orl_fast.distributed import CrossRankBatchNorm, convert_sync_batchnorm
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_checkpoints_logs_and_keep_last(coco_shards, tiny_config, tmp_path):
+    cfg = tiny_config(f"data={coco_shards}", f"out={tmp_path}", "train.max_steps=6",
+                      "train.keep_last=2")
+    path = stage1.run(cfg)
+    assert path.endswith("ckpt-00000006.pt")
+    names = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert names == ["ckpt-00000004.pt", "ckpt-00000006.pt", "latest.json"]
+    state = checkpoint.load(str(tmp_path))  # torch.load(weights_only=True) inside
+    assert state["step"] == 6 and state["stage"] == "stage1"
+    assert state["config"] == cfg.to_dict() and state["total_steps"] == 8  # 64 images / 8
+    sd = state["model"]
+    assert {k.split(".")[0] for k in sd} == {"online", "predictor", "target"}
+    assert any("momentum_buffer" in str(v) for v in state["optimizer"]["state"].values())
+    # the target lags the online network (EMA) but was created from it
+    assert not torch.equal(sd["online.backbone.conv1.weight"], sd["target.backbone.conv1.weight"])
+    assert sd["online.projector.0.weight"].shape == sd["target.projector.0.weight"].shape
+    assert set(state["rng"]) >= {"torch", "numpy", "python"}
+    logged = metrics(tmp_path)
+    assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]
+    assert all(0 < m["loss"] < 8 and m["img_per_s"] > 0 for m in logged)
+    assert logged[0]["lr"] < logged[-1]["lr"] or cfg.optim.warmup_epochs == 0
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "tb"))
+    backbone = checkpoint.backbone_state_dict(state)
+    assert "conv1.weight" in backbone and not any(k.startswith("fc") for k in backbone)
+
+
+def _train_args(shards: str, out, *extra: str) -> list[str]:
+    return orl_fast_cmd("pretrain", "--config", "small", *TINY_OVERRIDES, f"data={shards}",
+                        f"out={out}", "train.epochs=2", "train.max_steps=12", "train.deterministic=true",
+                        "train.num_workers=1", *extra)
+
+
+def test_kill_9_then_resume_equals_uninterrupted(coco_shards, tmp_path):
+    env = subprocess_env()
+    subprocess.run(_train_args(coco_shards, tmp_path / "ref"), check=True, env=env,
+                   capture_output=True)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train_args(coco_shards, out), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    latest = out / "checkpoints" / "latest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not latest.exists():
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.exists(), "no checkpoint was written before the deadline"
+    killed_at = json.loads(latest.read_text())["step"]
+    assert killed_at < 12, "the run finished before the kill: test inconclusive"
+
+    done = subprocess.run(_train_args(coco_shards, out), check=True, env=env,
+                          capture_output=True, text=True)
+    assert "resumed from" in done.stdout and f"at step {killed_at}/12" in done.stdout
+    a, b = checkpoint.load(str(tmp_path / "ref")), checkpoint.load(str(out))
+    assert a["step"] == b["step"] == 12
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), rtol=1e-5, atol=1e-6), k
+    ma = {m["step"]: m["loss"] for m in metrics(tmp_path / "ref")}
+    mb = {m["step"]: m["loss"] for m in metrics(out)}
+    assert ma[12] == pytest.approx(mb[12], abs=1e-5)
+
+
+def test_ddp_two_gloo_processes_equal_one_process(coco_shards, tmp_path):
+    """Same global batch, SyncBN (cross-rank BN on CPU): 2 ranks compute what 1 process does.
+
+    In fp64, so the comparison is exact up to rounding: in fp32 a tiny-batch BYOL from random
+    init amplifies rounding differences ~100x per step, which says nothing about correctness.
+    """
+    env = subprocess_env()
+    extra = ["train.max_steps=3", "train.precision=fp64"]
+    single = subprocess.run(_train_args(coco_shards, tmp_path / "one", *extra), env=env,
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    cmd = ["torchrun", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m",
+           *_train_args(coco_shards, tmp_path / "two", *extra)[2:]]
+    ddp = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in two] == [1, 2, 3]
+    for m1, m2 in zip(one, two):
+        assert m1["loss"] == pytest.approx(m2["loss"], abs=2e-6)  # logged with 6 decimals
+    a, b = checkpoint.load(str(tmp_path / "one")), checkpoint.load(str(tmp_path / "two"))
+    assert a["step"] == b["step"] == 3
+    for k, v in a["model"].items():
+        if v.is_floating_point() and "running_var" not in k:
+            assert torch.allclose(v, b["model"][k], rtol=1e-9, atol=1e-11), k
+
+
+def _bn_worker(rank: int, port: int, x: torch.Tensor, q) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    torch.manual_seed(0)
+    bn = convert_sync_batchnorm(torch.nn.BatchNorm2d(3), torch.device("cpu"))
+    assert isinstance(bn, CrossRankBatchNorm)
+    part = x.chunk(2)[rank].clone().requires_grad_(True)
+    y = bn(part)
+    (y * torch.arange(y.numel()).view_as(y).float()).sum().backward()
+    q.put((rank, *(t.detach().numpy().copy() for t in (y, part.grad, bn.weight.grad,
+                                                        bn.running_mean, bn.running_var))))
+    dist.destroy_process_group()
+
+
+def test_cross_rank_batchnorm_equals_batchnorm_on_the_whole_batch():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 5, 5) * 3 + 1
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_bn_worker, args=(r, port, x, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict((r[0], r[1:]) for r in (q.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+
+    bn = torch.nn.BatchNorm2d(3)
+    xr = x.clone().requires_grad_(True)
+    y = bn(xr)
+    # the same weighting of outputs, laid out per rank as the workers did
+    w = torch.cat([torch.arange(y.numel() // 2).view(4, 3, 5, 5).float()] * 2)
+    (y * w).sum().backward()
+    y0, g0, wg0, rm0, rv0 = map(torch.from_numpy, results[0])
+    y1, g1, wg1, _, _ = map(torch.from_numpy, results[1])
+    assert torch.allclose(torch.cat([y0, y1]), y, atol=1e-5)
+    assert torch.allclose(torch.cat([g0, g1]), xr.grad, atol=1e-4)
+    # each rank holds the gradient of its own part; DDP sums them
+    assert torch.allclose(wg0 + wg1, bn.weight.grad, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(rm0, bn.running_mean, atol=1e-6)
+    assert torch.allclose(rv0, bn.running_var, atol=1e-5)
