@@ -67,6 +67,28 @@ class Schedule:
         return ema_tau(step, self.total_steps, self._tau_base)
 
 
+def train_step(train_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+               inputs: tuple, lr: float, tau: float, autocast) -> tuple[torch.Tensor, dict]:
+    """One optimiser step: lr -> forward (autocast) -> backward -> SGD -> EMA target update.
+
+    ``train_model`` is what runs the forward (DDP / compiled wrapper of ``model``).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        loss, metrics = train_model(*inputs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.update_target(tau)
+    return loss, metrics
+
+
+def autocast_for(precision: str, device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16,
+                          enabled=device.type == "cuda" and precision == "bf16")
+
+
 def fit(cfg: Config, model: nn.Module, num_images: int,
         loader_fn: Callable[[int, int], Iterable[Any]],
         prepare: Callable[[Any, torch.device], tuple], rt: Runtime, stage: str) -> str:
@@ -104,8 +126,7 @@ def fit(cfg: Config, model: nn.Module, num_images: int,
             broadcast_buffers=False)
     if t.compile:
         train_model = torch.compile(train_model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                              enabled=rt.device.type == "cuda" and t.precision == "bf16")
+    autocast = autocast_for(t.precision, rt.device)
 
     # Scalars go to TensorBoard (OUT/tb) and OUT/metrics.jsonl when OUT is a local directory.
     log_locally = rt.is_main and storage.is_local(cfg.out)
@@ -130,16 +151,8 @@ def fit(cfg: Config, model: nn.Module, num_images: int,
         inputs = tuple(x.to(dtype) if x.is_floating_point() else x
                        for x in prepare(batch, rt.device))
         data_wait += time.perf_counter() - fetch_start
-        lr = sched.lr(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast:
-            loss, metrics = train_model(*inputs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        tau = sched.tau(step)
-        model.update_target(tau)
+        lr, tau = sched.lr(step), sched.tau(step)
+        loss, metrics = train_step(train_model, model, optimizer, inputs, lr, tau, autocast)
         step += 1
         window_images += t.batch_size
         bar.update(1)

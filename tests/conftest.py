@@ -106,8 +106,8 @@ def _encode(img, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (a decompression bomb never decoded)."""
+def _png(width: int, height: int, bit_depth: int, colour_type: int, raw_rows: bytes) -> bytes:
+    """A PNG written by hand (Pillow cannot write 48-bit RGB, nor lie about the size)."""
     import struct
     import zlib
 
@@ -115,28 +115,23 @@ def _png_header_only(width: int, height: int) -> bytes:
         return (struct.pack(">I", len(data)) + kind + data
                 + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0,
-                                                              0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(raw_rows)) + chunk(b"IEND", b""))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb, never decoded)."""
+    return _png(width, height, 8, 0, b"\x00" * 64)
 
 
 def _png_48bit(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
     import numpy as np
 
     rng = np.random.default_rng(0)
     rows = b"".join(b"\x00" + rng.integers(0, 65535, width * 3, dtype=np.uint16).astype(
         ">u2").tobytes() for _ in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2,
-                                                              0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return _png(width, height, 16, 2, rows)
 
 
 @pytest.fixture(scope="session")

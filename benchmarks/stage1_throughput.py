@@ -1,0 +1,136 @@
+"""Stage 1 (BYOL) training images/s: synthetic in-memory batches vs the real shard loader.
+
+Both measurements use the same model, optimiser and training step (orl_fast.engine.train_step),
+in the same run; the ratio says how much of the model's speed the data path keeps. A third,
+loader-only figure shows the loader's own ceiling.
+
+    python benchmarks/stage1_throughput.py                       # CPU: small config
+    python benchmarks/stage1_throughput.py --device cuda         # GPU: paper config, ResNet-50,
+                                                                 # batch 256, bf16, channels_last
+Data: coco-mini from ../shared/data (ingested once into benchmarks/out/), or --data SHARDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loaders.ingest import ingest  # noqa: E402
+from loaders.sampling import StepBatchSampler  # noqa: E402
+from loaders.torch_loader import ImageViewsDataset, make_loader  # noqa: E402
+from orl_fast.augment import TwoViews  # noqa: E402
+from orl_fast.config import load_config  # noqa: E402
+from orl_fast.engine import autocast_for, make_optimizer, train_step  # noqa: E402
+from orl_fast.models import BYOL  # noqa: E402
+from orl_fast.stage1 import views_to_device  # noqa: E402
+
+
+def default_shards(out: Path) -> str:
+    src = ROOT.parent / "shared" / "data" / "coco-mini" / "images"
+    if not src.is_dir():
+        sys.exit(f"no data: pass --data SHARDS (looked for {src})")
+    shards = out / "coco-mini-shards"
+    cfg = load_config("paper").ingest
+    ingest(str(src), str(shards), cfg, progress=False)
+    return str(shards)
+
+
+def timed(step_fn, batches, warmup: int, steps: int, device: torch.device) -> float:
+    """images/s over ``steps`` steps after ``warmup`` steps (CUDA-synchronised)."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step_fn(next(it))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(steps):
+        n += step_fn(next(it))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--config", default=None, help="default: paper on cuda, small on cpu")
+    ap.add_argument("--batch", type=int, default=None, help="default: 256 on cuda, 32 on cpu")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 30 / 6)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 10 / 2)")
+    ap.add_argument("--workers", type=int, default=None, help="loader workers (default: cores)")
+    ap.add_argument("--data", default=None, help="ingested shards (default: coco-mini)")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. aug.crop_size=96")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    batch = args.batch or (256 if gpu else 32)
+    steps = args.steps or (30 if gpu else 6)
+    warmup = args.warmup or (10 if gpu else 2)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 2)
+    cfg = load_config(args.config or ("paper" if gpu else "small"),
+                      [f"train.batch_size={batch}", f"train.num_workers={workers}",
+                       *args.overrides])
+    shards = args.data or default_shards(ROOT / "benchmarks" / "out")
+
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    model = BYOL(cfg.model).to(device)
+    if gpu and cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = make_optimizer(model, cfg.optim)
+    autocast = autocast_for(cfg.train.precision, device)
+    prepare = views_to_device(cfg)
+
+    def step(batch_views) -> int:
+        train_step(model, model, opt, prepare(batch_views, device), 0.01, 0.99, autocast)
+        return batch
+
+    s = cfg.aug.crop_size
+    synthetic = tuple(torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, device=device)
+                      for _ in range(2))
+    syn_ips = timed(step, iter(lambda: synthetic, None), warmup, steps, device)
+
+    dataset = ImageViewsDataset(shards, TwoViews(cfg.aug), seed=0)
+
+    def loader():
+        sampler = StepBatchSampler(len(dataset), batch, 0, 1, 0, 0, warmup + steps)
+        return make_loader(dataset, sampler, workers, pin_memory=gpu,
+                           prefetch_factor=cfg.train.prefetch_factor)
+
+    real_ips = timed(step, loader(), warmup, steps, device)
+    loader_ips = timed(lambda b: batch, loader(), warmup, steps, device)
+
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                   f"{os.cpu_count()} cores" + (f", {torch.cuda.get_device_name()}" if gpu else ""),
+        "torch": torch.__version__, "device": device.type, "backbone": cfg.model.backbone,
+        "crop": s, "batch": batch, "precision": cfg.train.precision if gpu else "fp32",
+        "workers": workers, "images": len(dataset),
+        "synthetic_img_s": round(syn_ips, 1), "loader_img_s": round(real_ips, 1),
+        "loader_only_img_s": round(loader_ips, 1), "ratio_loader_vs_synthetic":
+            round(real_ips / syn_ips, 3),
+    }
+    print(json.dumps(result))
+    print(f"\nStage 1 BYOL, {cfg.model.backbone} {s}px batch {batch} on {device.type}:")
+    print(f"  synthetic in-memory batches : {syn_ips:9.1f} img/s  (ceiling)")
+    print(f"  real shard loader ({workers} workers): {real_ips:9.1f} img/s")
+    print(f"  loader alone                : {loader_ips:9.1f} img/s")
+    print(f"  ratio loader / synthetic    : {real_ips / syn_ips:9.3f}")
+
+
+if __name__ == "__main__":
+    main()
