@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from orl_fast.config import ConfigError, load_config
@@ -53,6 +54,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cluster.submit import submit
+
+    headers = dict(h.split("=", 1) for h in args.header)
+    for item in args.header_env:
+        name, _, var = item.partition("=")
+        if var not in os.environ:
+            raise SystemExit(f"orl-fast submit: --header-env {item}: ${var} is not set")
+        headers[name] = os.environ[var]
+    return submit(args.command, address=args.address, working_dir=args.working_dir,
+                  pip=args.pip, env_names=args.env, headers=headers, job_id=args.job_id,
+                  wait=not args.no_wait, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from orl_fast import demo
 
@@ -80,6 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_pretrain)
 
+    p = sub.add_parser("submit", help="run an orl-fast command as a Ray job: submit -- orl-fast ...")
+    p.add_argument("--address", help="Ray dashboard URL (default: $RAY_ADDRESS, else "
+                                     "http://127.0.0.1:8265)")
+    p.add_argument("--working-dir", help="upload this checkout and run it (python -m orl_fast)")
+    p.add_argument("--pip", action="append", default=[], help="pip requirement for the job")
+    p.add_argument("--env", action="append", default=[], metavar="NAME",
+                   help="copy environment variable NAME into the job (credentials)")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="HTTP header for an authenticating proxy")
+    p.add_argument("--header-env", action="append", default=[], metavar="NAME=VAR",
+                   help="HTTP header whose value is read from environment variable VAR")
+    p.add_argument("--job-id", help="submission id (default: generated)")
+    p.add_argument("--num-cpus", type=float, help="CPUs reserved for the entrypoint")
+    p.add_argument("--num-gpus", type=float, help="GPUs reserved for the entrypoint")
+    p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- orl-fast SUBCOMMAND ...")
+    p.set_defaults(func=cmd_submit)
+
     p = sub.add_parser("demo", help="the whole pipeline, small, on generated scenes")
     p.add_argument("--out", default="orl-fast-demo", help="output directory (default: %(default)s)")
     p.add_argument("--images", type=int, default=128, help="generated scenes (default: %(default)s)")
@@ -88,8 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_dashes(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["submit"]:  # everything after "--" is the job's command, verbatim
+        head, tail = _split_dashes(argv)
+        args = parser.parse_args(head)
+        args.command = tail
+        return args.func(args)
     args, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if "=" not in a or a.startswith("-")]
     if bad or (extra and not hasattr(args, "config")):

@@ -32,11 +32,23 @@ class Runtime:
         return self.world_size > 1
 
 
+# True when init_runtime created the process group (torchrun); a group made by someone else
+# (Ray Train) is left for its owner to destroy.
+_OWN_GROUP = False
+
+
 def init_runtime(device: str = "auto") -> Runtime:
-    """Join the process group named by the environment (RANK, WORLD_SIZE, ...), if any."""
+    """Join the process group named by the environment (RANK, WORLD_SIZE, ...), if any.
+
+    Under torchrun the group is created here; under Ray Train it already exists (Ray sets the
+    same variables) and is used as it is.
+    """
+    global _OWN_GROUP
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_available() and dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but CUDA is not available")
@@ -48,12 +60,15 @@ def init_runtime(device: str = "auto") -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo",
                                 device_id=dev if use_cuda else None)
+        _OWN_GROUP = True
     return Runtime(rank, world, local_rank, dev)
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
         dist.destroy_process_group()
+        _OWN_GROUP = False
 
 
 def barrier(rt: Runtime) -> None:
