@@ -5,6 +5,7 @@ dotted ``FIELD=VALUE`` overrides, e.g.::
 
     orl-fast ingest images/ shards/ ingest.shard_size=500
     orl-fast pretrain --config paper data=shards/ out=runs/stage1 train.batch_size=256
+    orl-fast train --config paper data=shards/ pairs=mined/ out=runs/stage3
     orl-fast config --config small train.epochs=2      # print the resolved config
 """
 
@@ -53,6 +54,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from orl_fast import stage3
+
+    cfg = load_config(args.config, args.overrides)
+    path = stage3.run(cfg)
+    if path:
+        print(f"stage 3 checkpoint: {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from orl_fast import demo
 
@@ -79,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="Stage 1: image-level BYOL (data=SHARDS out=DIR)")
     _add_config_args(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train", help="Stage 3: ORL object-level training "
+                                     "(data=SHARDS pairs=MINED out=DIR)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the whole pipeline, small, on generated scenes")
     p.add_argument("--out", default="orl-fast-demo", help="output directory (default: %(default)s)")
