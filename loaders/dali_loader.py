@@ -12,18 +12,21 @@ image x and of its neighbour (read by key through the shard index) and the sampl
    ``orl.neighbor_decode=roi``, from ``fn.decoders.image_slice`` (decoder-side ROI decoding of that
    one region);
 4. stacks the views (and the patches) of a sample as frames and applies the photometric
-   augmentation with per-frame arguments: four ``color_twist`` slots carry ColorJitter's drawn
-   order (each slot applies one operation, the others at identity), then grayscale
-   (saturation 0), Gaussian blur (per-frame sigma; window 1 = off) and solarise (``x ^ 255`` above
-   the threshold);
+   augmentation with per-frame arguments: ColorJitter's brightness, contrast and saturation in
+   the drawn order as torchvision blends them (four slots of one arithmetic blend each, the
+   unused ones at identity), then the hue shift with the grayscale conversion (``fn.hsv``),
+   Gaussian blur (per-frame sigma; window 1 = off) and solarise (``x ^ 255`` above the
+   threshold);
 5. hands uint8 tensors ``[B, F, 3, H, W]`` (channels-last strides) to torch through
    ``DALIGenericIterator``.
 
 All randomness comes from the plan, so batches are a pure function of (seed, step), as on the
 torch path: resuming a run reproduces its samples. ``device_id=None`` runs the same graph on DALI's
-CPU backend (tests, machines without a GPU). Where DALI's operations differ from torchvision's (the
-reference, :mod:`loaders.orl_torch`): contrast is centred on mid-grey (128) rather than on the
-image's mean grey level, and the hue shift is a rotation in YIQ space rather than in HSV.
+CPU backend (tests, machines without a GPU). All of this matches the torch path
+(:mod:`loaders.orl_torch`, torchvision) within uint8 rounding except the hue shift: DALI rotates
+colours about the grey axis keeping each pixel's grey level, torchvision shifts the HSV hue keeping
+its largest channel; the hue moves the same way by about as much, the pixel values differ (a few
+levels on average at the paper's hue 0.1).
 """
 
 from __future__ import annotations
@@ -116,19 +119,18 @@ class ORLSource:
     def _photometric(self, plan: SamplePlan, crops: tuple[int, ...],
                      group: str) -> dict[str, np.ndarray]:
         p, idx = plan.photo, list(crops)
-        # Slot k of frame f applies operation order[f, k] (see build_pipeline's jitter_slot):
-        # blend[k, :, f] = (a, b, c) of that operation, hue[k, f] in degrees; the rest identity.
+        # Slot k of frame f applies operation order[f, k]: blend[k, :, f] = (a, b, c) of that
+        # blend (see build_pipeline), identity (1, 0, 0) for the hue slot and without jitter.
         blend = np.zeros((4, 3, len(idx), 1, 1, 1), dtype=np.float32)
         blend[:, 0] = 1.0
-        hue = np.zeros((4, len(idx)), dtype=np.float32)
+        hue = np.zeros(len(idx), dtype=np.float32)  # degrees
         for f, c in enumerate(idx):
             if not p.jitter[c]:
                 continue
+            hue[f] = 360.0 * p.factors[c, 3]
             for k, op in enumerate(p.order[c]):
                 factor = float(p.factors[c, op])
-                if op == 3:
-                    hue[k, f] = 360.0 * factor
-                else:
+                if op < 3:
                     blend[k, 0, f] = factor
                 if op == 1:    # contrast: towards the mean grey level
                     blend[k, 2, f] = 1.0 - factor
@@ -160,21 +162,24 @@ def build_pipeline(source: ORLSource, batch_size: int, device_id: int | None, nu
         return fn.resize(image, roi_start=roi[0:2], roi_end=roi[2:4], roi_relative=relative,
                          size=(size, size), interp_type=interp, antialias=True)
 
-    def jitter_slot(x, blend, hue):
-        """One ColorJitter slot, torchvision's blends exactly: y = a x + b grey(x) + c mean(grey(x))
+    def blend_slot(x, blend):
+        """One ColorJitter slot, as torchvision blends: y = a x + b grey(x) + c mean(grey(x))
         (brightness: a = factor; contrast: a = factor, c = 1 - factor; saturation: a = factor,
-        b = 1 - factor; identity: a = 1), truncated to uint8 as torchvision does (a saturating
-        cast of y - 0.5); then DALI's hue rotation (0 = off)."""
+        b = 1 - factor; hue or nothing: a = 1), truncated to uint8 like torchvision (a
+        saturating cast of y - 0.5)."""
         grey = fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY)
         mean = fn.reductions.mean(grey, axis_names="HWC", keep_dims=True, dtype=types.FLOAT)
-        y = fn.cast(blend[0] * x + (blend[1] * grey + blend[2] * mean - 0.5), dtype=types.UINT8)
-        return fn.hsv(y, hue=fn.per_frame(hue))
+        y = blend[0] * x + (blend[1] * grey + (blend[2] * mean - 0.5))
+        return fn.cast(y, dtype=types.UINT8)
 
     def augment(frames, d: dict, group: str):
-        blend, hue = d[f"{group}_blend"], d[f"{group}_hue"]
+        blend = d[f"{group}_blend"]
         for k in range(4):
-            frames = jitter_slot(frames, blend[k], hue[k])
-        frames = fn.saturation(frames, saturation=fn.per_frame(d[f"{group}_gray"]))
+            frames = blend_slot(frames, blend[k])
+        # DALI's hue rotation keeps the grey level of every pixel and commutes with the blends,
+        # so it is applied once here, with the grayscale conversion (saturation 0).
+        frames = fn.hsv(frames, hue=fn.per_frame(d[f"{group}_hue"]),
+                        saturation=fn.per_frame(d[f"{group}_gray"]))
         frames = fn.gaussian_blur(frames, sigma=fn.per_frame(d[f"{group}_sigma"]),
                                   window_size=fn.per_frame(d[f"{group}_window"]))
         return frames ^ (fn.cast(frames >= threshold, dtype=types.UINT8) * d[f"{group}_solar"])
@@ -219,9 +224,10 @@ class DALIBatches:
     def __init__(self, builder: SampleBuilder, sampler: StepBatchSampler, device_id: int | None,
                  num_threads: int, py_workers: int, prefetch: int):
         self.steps = len(sampler)
+        self.batch_size = sampler.local_batch
         self.source = ORLSource(builder, sampler, builder.cfg.orl.neighbor_decode == "roi")
-        self.args = (sampler.local_batch, device_id, max(num_threads, 1), py_workers,
-                     max(prefetch, 1), builder.cfg.train.seed)
+        self.pipeline_args = (self.batch_size, device_id, max(num_threads, 1), py_workers,
+                              max(prefetch, 1), builder.cfg.train.seed)
 
     def __len__(self) -> int:
         return self.steps
@@ -231,11 +237,11 @@ class DALIBatches:
             return
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        pipe = build_pipeline(self.source, *self.args)
+        pipe = build_pipeline(self.source, *self.pipeline_args)
         names = ["views", "patches"][:1 + bool(self.source.patch_crops)]
         with warnings.catch_warnings():  # "set reader_name": an external source has no reader
             warnings.simplefilter("ignore")
-            it = DALIGenericIterator([pipe], names, size=self.steps * self.args[0],
+            it = DALIGenericIterator([pipe], names, size=self.steps * self.batch_size,
                                      auto_reset=False)
         try:
             for out in it:

@@ -219,9 +219,9 @@ def local_crops(cfg: Config) -> tuple[int, ...]:
 class SampleBuilder:
     """Plans of the samples of an image shard set (``cfg.data``) with Stage 2's pairs (``cfg.pairs``)."""
 
-    def __init__(self, cfg: Config, images: ShardIndex | None = None):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.images = images if images is not None else ShardIndex(cfg.data)
+        self.images = ShardIndex(cfg.data)
         o = cfg.orl
         self.mined = o.patches == "mined"
         self.crops = (0, 1, *local_crops(cfg))
@@ -262,14 +262,14 @@ class SampleBuilder:
             pair = self._pair(record, u_neighbor, u_pair) if self.uses_neighbor else None
             if pair is not None:
                 neighbor, box_x, box_n = pair
-                n_width, n_height = self.size_of(neighbor)
-                boxes[4], boxes[5] = clip_box(box_x, width, height), clip_box(box_n, n_width, n_height)
+                boxes[4] = clip_box(box_x, width, height)
+                boxes[5] = clip_box(box_n, *self.size_of(neighbor))
                 has_pair = True
             else:
                 boxes[4] = boxes[5] = whole_image(width, height)
             kept = self._kept_boxes(key, record, width, height)
             has_box = len(kept) > 0
-            box = (clip_box(kept[min(int(u_box * len(kept)), len(kept) - 1)], width, height)
+            box = (clip_box(kept[_pick(u_box, len(kept))], width, height)
                    if has_box else whole_image(width, height))
             jitter = [jitter_box(rng, box, width, height, o.jitter_shift, o.jitter_area,
                                  o.jitter_aspect, o.jitter_min_iou, o.jitter_tries)
@@ -287,21 +287,30 @@ class SampleBuilder:
     def _pair(self, record: PairRecord | None, u_neighbor: float,
               u_pair: float) -> tuple[int, np.ndarray, np.ndarray] | None:
         """(neighbour key, box in x, box in the neighbour): a uniform neighbour among the first K
-        that have pairs, then a uniform pair among its top max(1, int(N x boxes)) by score."""
+        that have pairs (and are in the data set), then a uniform pair among its top
+        max(1, int(N x boxes)) by score."""
         if record is None or len(record.pair_neighbor) == 0:
             return None
         k = min(self.cfg.mine.knn_k, len(record.neighbors))
-        slots = [s for s in range(k) if (record.pair_neighbor == s).any()]
+        slots = [s for s in range(k) if (record.pair_neighbor == s).any()
+                 and self._has_image(int(record.neighbors[s]))]
         if not slots:
             return None
-        slot = slots[min(int(u_neighbor * len(slots)), len(slots) - 1)]
+        slot = slots[_pick(u_neighbor, len(slots))]
         pairs = record.pairs_of(slot)
         pairs = pairs[np.argsort(-record.pair_score[pairs], kind="stable")]
         pairs = pairs[:max(1, int(self.cfg.mine.topn_frac * len(record.boxes)))]
-        j = pairs[min(int(u_pair * len(pairs)), len(pairs) - 1)]
-        neighbor = int(record.neighbors[slot])
+        j = pairs[_pick(u_pair, len(pairs))]
+        return int(record.neighbors[slot]), record.pair_query_box[j], record.pair_neighbor_box[j]
+
+    def _has_image(self, key: int) -> bool:
         try:
-            self.images.find(neighbor)
+            self.images.find(key)
         except KeyError:
-            return None
-        return neighbor, record.pair_query_box[j], record.pair_neighbor_box[j]
+            return False
+        return True
+
+
+def _pick(u: float, n: int) -> int:
+    """A uniform index in [0, n) from a uniform draw u in [0, 1)."""
+    return min(int(u * n), n - 1)

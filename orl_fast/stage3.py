@@ -24,9 +24,10 @@ from orl_fast.stage1 import require, seed_everything, views_to_device, write_run
 
 
 def choose_loader(cfg: Config, device: torch.device) -> str:
-    """"dali" or "torch" for ``orl.loader`` on ``device`` (auto: DALI on CUDA when installed)."""
+    """The loader for ``orl.loader`` on ``device``: dali, or torch (auto: DALI on a CUDA device
+    when it is installed, else torch; dali without DALI installed raises, naming the extra)."""
     if cfg.orl.loader == "dali":
-        import_dali()  # raises, naming the extra to install
+        import_dali()
         return "dali"
     if cfg.orl.loader == "auto" and device.type == "cuda" and dali_available():
         return "dali"
