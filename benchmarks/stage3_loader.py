@@ -35,16 +35,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loaders.ingest import ingest  # noqa: E402
-from loaders.orl_samples import SampleBuilder  # noqa: E402
-from loaders.shards import ShardIndex  # noqa: E402
-from loaders.synthetic import write_scenes  # noqa: E402
-from loaders.synthetic_pairs import random_records, write_pairs  # noqa: E402
-from orl_fast import stage3  # noqa: E402
-from orl_fast.config import IngestConfig, load_config  # noqa: E402
-from orl_fast.distributed import init_runtime  # noqa: E402
-from orl_fast.engine import fit  # noqa: E402
-from orl_fast.models import ORL  # noqa: E402
+from loaders.ingest import ingest
+from loaders.orl_samples import SampleBuilder
+from loaders.shards import ShardIndex
+from loaders.synthetic import write_scenes
+from loaders.synthetic_pairs import random_records, write_pairs
+from orl_fast import stage3
+from orl_fast.config import IngestConfig, load_config
+from orl_fast.distributed import init_runtime
+from orl_fast.engine import fit
+from orl_fast.models import ORL
 
 
 def _scenes(args: tuple[str, int, int]) -> str:

@@ -48,7 +48,7 @@ INSTALL_HINT = ("install the `dali` extra: pip install 'orl-fast[dali]' (NVIDIA 
 def import_dali():
     """The ``nvidia.dali`` module, or an ImportError that says how to install it."""
     try:
-        import nvidia.dali as dali
+        from nvidia import dali
     except ImportError as e:
         raise ImportError(f"orl.loader=dali needs NVIDIA DALI, which is not installed: "
                           f"{INSTALL_HINT}; or set orl.loader=torch (or auto)") from e
@@ -188,12 +188,12 @@ def build_pipeline(source: ORLSource, batch_size: int, device_id: int | None, nu
                        seed=seed, prefetch_queue_depth=prefetch, py_num_workers=max(py_workers, 1),
                        py_start_method="spawn")
     def pipeline():
-        parallel = dict(parallel=True, prefetch_queue_depth=prefetch) if py_workers > 0 else {}
+        parallel = {"parallel": True, "prefetch_queue_depth": prefetch} if py_workers > 0 else {}
         nodes = fn.external_source(source=source, num_outputs=len(source.names), batch=False,
                                    **parallel)
         d = dict(zip(source.names, nodes))
-        decode_args = dict(device="mixed" if gpu else "cpu", output_type=types.RGB,
-                           adjust_orientation=False)
+        decode_args = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB,
+                       "adjust_orientation": False}
         image = fn.decoders.image(d["jpeg"], **decode_args)
         views = [resize(image, d["view_roi"][i], cfg.aug.crop_size) for i in range(2)]
         outputs = [augment(fn.stack(*views, axis=0, axis_name="F"), d, "view")]

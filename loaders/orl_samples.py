@@ -22,7 +22,6 @@ ablation (``orl.patches=random``) crops 2-5 are random resized crops of x.
 
 from __future__ import annotations
 
-import json
 import math
 import posixpath
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def clip_box(box, width: int, height: int) -> np.ndarray:
     """An xywh box clipped to the image, at least 1x1 pixel."""
-    x, y, w, h = (int(round(v)) for v in box)
+    x, y, w, h = (round(float(v)) for v in box)
     x0, y0 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
     x1, y1 = min(max(x + w, x0 + 1), width), min(max(y + h, y0 + 1), height)
     return np.array([x0, y0, x1 - x0, y1 - y0], dtype=np.int32)
@@ -119,9 +118,9 @@ def random_resized_crop(rng: np.random.Generator, width: int, height: int,
         return np.array([cx, cy, cw, ch], dtype=np.int32)
     in_ratio = width / height  # fallback: the central crop with the aspect ratio clamped
     if in_ratio < ratio[0]:
-        cw, ch = width, int(round(width / ratio[0]))
+        cw, ch = width, round(width / ratio[0])
     elif in_ratio > ratio[1]:
-        cw, ch = int(round(height * ratio[1])), height
+        cw, ch = round(height * ratio[1]), height
     else:
         cw, ch = width, height
     return np.array([(width - cw) // 2, (height - ch) // 2, cw, ch], dtype=np.int32)

@@ -89,8 +89,10 @@ def run(cfg: Config) -> str:
         if cfg.orl.init == "stage1":
             init_from_stage1(model, cfg.ckpt)  # a resumed run then loads its own checkpoint
         if rt.is_main:
-            print(f"[stage3] {len(builder)} images, loader {kind}, patches {cfg.orl.patches}, "
-                  f"boxes {cfg.orl.boxes}, loss weights {cfg.orl.loss_weights}, init {cfg.orl.init}")
+            records = f", {len(builder.pairs)} pair records" if builder.pairs is not None else ""
+            print(f"[stage3] {len(builder)} images{records}, loader {kind}, patches "
+                  f"{cfg.orl.patches}, boxes {cfg.orl.boxes}, loss weights {cfg.orl.loss_weights}, "
+                  f"init {cfg.orl.init}")
         return fit(cfg, model, len(builder), make_loader_fn(cfg, builder, rt, kind),
                    frames_to_device(cfg), rt, "stage3")
     finally:

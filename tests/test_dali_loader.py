@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from orl_helpers import coded_dataset, expected_patch, random_pairs
+from PIL import Image
 
 from loaders.dali_loader import DALIBatches, import_dali
 from loaders.orl_samples import SampleBuilder

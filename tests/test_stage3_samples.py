@@ -4,6 +4,7 @@ sources, augmentation draws, and that a plan is a pure function of (seed, epoch,
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,7 +219,7 @@ def test_fallbacks_to_whole_image_boxes(scene_shards, tmp_path):
 
 def test_gt_boxes_ablation(scene_shards, tmp_path):
     shards, instances = scene_shards
-    coco = json.load(open(instances))
+    coco = json.loads(Path(instances).read_text())
     # records without boxes or pairs: the intra boxes must come from the annotations
     index = ShardIndex(shards)
     write_pairs(str(tmp_path), [PairRecord(index.key_at(i), 160, 120) for i in range(48)])
