@@ -48,7 +48,7 @@ INSTALL_HINT = ("install the `dali` extra: pip install 'orl-fast[dali]' (NVIDIA 
 def import_dali():
     """The ``nvidia.dali`` module, or an ImportError that says how to install it."""
     try:
-        from nvidia import dali
+        import nvidia.dali as dali  # noqa: PLR0402 (sys.modules-aware, so tests can hide it)
     except ImportError as e:
         raise ImportError(f"orl.loader=dali needs NVIDIA DALI, which is not installed: "
                           f"{INSTALL_HINT}; or set orl.loader=torch (or auto)") from e
