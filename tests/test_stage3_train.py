@@ -149,19 +149,16 @@ def test_ablations_train(coco_shards, coco_pairs, coco_mini, tmp_path, overrides
 
 
 def test_demo_step_from_a_stage1_checkpoint(coco_shards, coco_pairs, tmp_path):
-    cfg = load_config("small")
-    torch.manual_seed(0)
-    byol = BYOL(cfg.model)
+    tiny = (*TINY_OVERRIDES, *TINY_ORL, "train.max_steps=1", "optim.base_lr=1.0e-9")
+    torch.manual_seed(123)  # not the run's seed: its fresh initialisation differs
+    byol = BYOL(load_config("small", list(tiny)).model)
     checkpoint.save(str(tmp_path / "stage1"), 5, {"stage": "stage1", "model": byol.state_dict()},
                     keep_last=1)
     path = stage3.demo_step(coco_shards, coco_pairs, str(tmp_path / "stage3"),
-                            stage1_ckpt=str(tmp_path / "stage1"),
-                            overrides=("train.max_steps=1", "train.num_workers=0",
-                                       "train.device=cpu"))
+                            stage1_ckpt=str(tmp_path / "stage1"), overrides=tiny)
     state = checkpoint.load(path)
     assert state["stage"] == "stage3" and state["step"] == 1
     assert state["config"]["orl"]["init"] == "stage1"
-    # one SGD step away from the Stage 1 weights, not from a fresh initialisation
-    w0 = byol.state_dict()["online.backbone.conv1.weight"]
-    w1 = state["model"]["online.backbone.conv1.weight"]
-    assert (w1 - w0).abs().max() < 0.05 * w0.abs().max()
+    # a step at a negligible learning rate keeps the Stage 1 weights (not a fresh initialisation)
+    for k in ("online.backbone.conv1.weight", "predictor.3.weight"):
+        assert torch.allclose(state["model"][k], byol.state_dict()[k], atol=1e-6), k
