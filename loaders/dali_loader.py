@@ -41,17 +41,15 @@ from loaders.orl_samples import SampleBuilder, SamplePlan
 from loaders.sampling import StepBatchSampler
 from orl_fast.augment import blur_kernel_size
 
-INSTALL_HINT = ("install the `dali` extra: pip install 'orl-fast[dali]' (NVIDIA DALI for CUDA "
-                "13, nvidia-dali-cuda130)")
-
 
 def import_dali():
     """The ``nvidia.dali`` module, or an ImportError that says how to install it."""
     try:
         import nvidia.dali as dali  # noqa: PLR0402 (sys.modules-aware, so tests can hide it)
     except ImportError as e:
-        raise ImportError(f"orl.loader=dali needs NVIDIA DALI, which is not installed: "
-                          f"{INSTALL_HINT}; or set orl.loader=torch (or auto)") from e
+        raise ImportError("orl.loader=dali needs NVIDIA DALI, which is not installed: install the "
+                          "`dali` extra, pip install 'orl-fast[dali]' (nvidia-dali-cuda130), or "
+                          "set orl.loader=torch (or auto)") from e
     return dali
 
 

@@ -34,7 +34,6 @@ from mining.records import PairRecord, open_pairs, read_record
 from orl_fast import storage
 from orl_fast.config import AugmentConfig, Config, ConfigError
 
-CROPS = ("view1", "view2", "intra1", "intra2", "inter1", "inter2")
 VIEW_OF_CROP = np.array([0, 1, 0, 1, 0, 1])
 # Colour-jitter operations, in the index order of Photometric.factors / .order.
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
@@ -173,7 +172,7 @@ class SamplePlan:
     neighbor: int         # the image crop 5 is cut from (== key when the sample has no pair)
     width: int            # size of image x
     height: int
-    boxes: np.ndarray     # int32 [6, 4] xywh, rows as CROPS
+    boxes: np.ndarray     # int32 [6, 4] xywh, the six crops of the module docstring
     photo: Photometric    # over the 6 crops
     has_pair: bool
     has_box: bool

@@ -66,13 +66,11 @@ def init_from_stage1(model: ORL, path: str) -> None:
     inter-RoI predictors keep their fresh initialisation."""
     state = checkpoint.load(path)["model"]
     own = model.state_dict()
-    loaded = {k: v for k, v in state.items() if k in own}
-    needed = [k for k in own if k.startswith(("online.", "target."))]
-    missing = [k for k in needed if k not in loaded]
+    missing = [k for k in own if k.startswith(("online.", "target.")) and k not in state]
     if missing:
         raise ConfigError(f"ckpt: {path} is not a Stage 1 checkpoint of this model "
                           f"(no {missing[0]}, {len(missing)} weights missing)")
-    model.load_state_dict(loaded, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 def run(cfg: Config) -> str:
