@@ -54,6 +54,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from orl_fast import demo
+
+    demo.run(args.out, num_images=args.images, epochs=args.epochs)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from orl_fast import stage3
 
@@ -61,13 +68,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = stage3.run(cfg)
     if path:
         print(f"stage 3 checkpoint: {path}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from orl_fast import demo
-
-    demo.run(args.out, num_images=args.images, epochs=args.epochs)
     return 0
 
 
@@ -91,16 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("train", help="Stage 3: ORL object-level training "
-                                     "(data=SHARDS pairs=MINED out=DIR)")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_train)
-
     p = sub.add_parser("demo", help="the whole pipeline, small, on generated scenes")
     p.add_argument("--out", default="orl-fast-demo", help="output directory (default: %(default)s)")
     p.add_argument("--images", type=int, default=128, help="generated scenes (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=5, help="Stage 1 epochs (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="Stage 3: ORL object-level training "
+                                     "(data=SHARDS pairs=MINED out=DIR)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 
