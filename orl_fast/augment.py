@@ -8,6 +8,7 @@ the same flip + colour pipeline. Normalisation happens on the device, batched
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ from orl_fast.config import AugmentConfig
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
-_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
 def blur_kernel_size(sigma_max: float) -> int:
@@ -43,7 +44,7 @@ def global_view(cfg: AugmentConfig, view: int, size: int | None = None) -> Trans
     """BYOL global view ``view`` (0 or 1): random resized crop, then :func:`photometric`."""
     return T.Compose([
         T.RandomResizedCrop(size or cfg.crop_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio,
-                            interpolation=_INTERPOLATION[cfg.interpolation], antialias=True),
+                            interpolation=INTERPOLATION[cfg.interpolation], antialias=True),
         photometric(cfg, view),
     ])
 
@@ -61,7 +62,16 @@ class TwoViews:
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
               channels_last: bool = False) -> torch.Tensor:
     """uint8 BCHW (on any device) -> float normalised, optionally channels_last."""
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    m, s = _stats(tuple(mean), tuple(std), x.device)
     y = (x.float() - m) / s
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+
+@functools.lru_cache(maxsize=16)
+def _stats(mean: tuple[float, ...], std: tuple[float, ...],
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std x 255 as [1, C, 1, 1] tensors, made once per device: building them per call
+    is a blocking host-to-device copy that stalls the CPU on every training step."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    return m.to(device), s.to(device)

@@ -5,6 +5,7 @@ dotted ``FIELD=VALUE`` overrides, e.g.::
 
     orl-fast ingest images/ shards/ ingest.shard_size=500
     orl-fast pretrain --config paper data=shards/ out=runs/stage1 train.batch_size=256
+    orl-fast train --config paper data=shards/ pairs=mined/ out=runs/stage3
     orl-fast config --config small train.epochs=2      # print the resolved config
 """
 
@@ -75,6 +76,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from orl_fast import stage3
+
+    cfg = load_config(args.config, args.overrides)
+    path = stage3.run(cfg)
+    if path:
+        print(f"stage 3 checkpoint: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orl-fast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=128, help="generated scenes (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=5, help="Stage 1 epochs (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="Stage 3: ORL object-level training "
+                                     "(data=SHARDS pairs=MINED out=DIR)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -195,9 +195,15 @@ class MineConfig:
 
 @dataclass
 class ORLConfig:
-    """Stage 3: object-level pre-training (SPEC, Stage 3)."""
+    """Stage 3: object-level pre-training (SPEC, Stage 3).
 
-    # lambda_1 (image), lambda_2 (intra-RoI), lambda_3 (inter-RoI).
+    K and N (Table 5b) are ``mine.knn_k`` and ``mine.topn_frac``: Stage 3 draws the neighbour among
+    the first K mined neighbours and the pair among the top max(1, int(N x boxes)) mined pairs of
+    that neighbour, so one mining run with large K and N serves every smaller ablation.
+    """
+
+    # lambda_1 (image), lambda_2 (intra-RoI), lambda_3 (inter-RoI). A 0 turns a term off, with its
+    # predictor and patches (Table 5a: (1, 1, 0) intra-RoI only, (1, 0, 1) inter-RoI only).
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     patch_size: int = 96
     # Box jitter for intra-RoI patches.
@@ -206,17 +212,36 @@ class ORLConfig:
     jitter_aspect: tuple[float, float] = (0.5, 2.0)
     jitter_min_iou: float = 0.5
     jitter_tries: int = 200
+    # Both intra-RoI boxes are jittered (SPEC); false: p is the kept box itself and only p' is
+    # jittered (the official code).
+    jitter_both: bool = True
     init: Literal["scratch", "stage1"] = "scratch"
+    # Patch source: "mined" boxes (ORL) or "random" resized crops of the image at random_scale,
+    # no boxes (multi-crop BYOL, Table 5c: 2x224 + 4x96, same model and losses).
+    patches: Literal["mined", "random"] = "mined"
+    random_scale: tuple[float, float] = (0.08, 1.0)
+    # Intra-RoI boxes: Stage 2's selective-search boxes, or "gt": ground-truth boxes of a COCO
+    # instances file (Table 5d; crowd boxes and boxes under mine.min_box_size are left out).
+    boxes: Literal["mined", "gt"] = "mined"
+    gt_instances: str = ""
+    # Data path: "dali" (GPU: mixed decoder; CPU device: DALI's CPU backend), "torch" (DataLoader
+    # + torchvision), "auto" (DALI on a CUDA device when installed, else torch).
+    loader: Literal["auto", "dali", "torch"] = "auto"
+    # DALI: the neighbour's inter-RoI patch from a full decode, or a decoder-side ROI decode.
+    neighbor_decode: Literal["full", "roi"] = "full"
 
     def validate(self, p: str) -> None:
         _positive(p, self, "patch_size", "jitter_tries")
         _non_negative(p, self, "jitter_shift")
         _ordered(p, self, "jitter_area", lo=0.0)
         _ordered(p, self, "jitter_aspect", lo=0.0)
+        _ordered(p, self, "random_scale", lo=0.0, hi=1.0)
         if any(w < 0 for w in self.loss_weights) or sum(self.loss_weights) == 0:
             raise ConfigError(f"{p}loss_weights: must be >= 0 and not all 0, got {self.loss_weights}")
         if not 0 <= self.jitter_min_iou < 1:
             raise ConfigError(f"{p}jitter_min_iou: must be in [0, 1), got {self.jitter_min_iou}")
+        if self.boxes == "gt" and not self.gt_instances:
+            raise ConfigError(f"{p}gt_instances: required with {p}boxes=gt (a COCO instances json)")
 
 
 @dataclass

@@ -70,14 +70,58 @@ class BYOL(nn.Module):
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        p1 = self.predictor(self.online(v1))
-        p2 = self.predictor(self.online(v2))
+    def pair_loss(self, predictor: nn.Module, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """Symmetric BYOL loss of two views through ``predictor``: L(q(v1), z'(v2)) + L(q(v2), z'(v1))."""
+        p1 = predictor(self.online(v1))
+        p2 = predictor(self.online(v2))
         with torch.no_grad():
             z1 = self.target(v1)
             z2 = self.target(v2)
-        loss = regression_loss(p1, z2) + regression_loss(p2, z1)
+        return regression_loss(p1, z2) + regression_loss(p2, z1)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        loss = self.pair_loss(self.predictor, v1, v2)
         return loss, {"loss_image": loss.detach()}
 
     def update_target(self, tau: float) -> None:
         ema_update_(self.target, self.online, tau)
+
+
+class ORL(BYOL):
+    """Stage 3: L = l1 L_image + l2 L_intra + l3 L_inter, each term symmetric.
+
+    One backbone + projector (``online``) and one EMA ``target`` serve the global views and the
+    patches; the three predictors are separate. A term with weight 0 has no predictor (so DDP sees
+    no unused parameter) and takes no patches. ``forward(v1, v2, *patches)``: the global views,
+    then (p, p') of the intra-RoI term and (p1, p2) of the inter-RoI term, for the terms on.
+    """
+
+    TERMS = (("image", "predictor"), ("intra", "intra_predictor"), ("inter", "inter_predictor"))
+
+    def __init__(self, cfg: ModelConfig, loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+        super().__init__(cfg)  # online, target and the image predictor
+        self.loss_weights = tuple(float(w) for w in loss_weights)
+        w_image, w_intra, w_inter = self.loss_weights
+        self.intra_predictor = (MLP(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+                                if w_intra > 0 else None)
+        self.inter_predictor = (MLP(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+                                if w_inter > 0 else None)
+        if w_image == 0:
+            self.predictor = None
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor,
+                *patches: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        n_local = sum(w > 0 for w in self.loss_weights[1:])
+        if len(patches) != 2 * n_local:
+            raise ValueError(f"expected {2 * n_local} patches (loss weights {self.loss_weights}), "
+                             f"got {len(patches)}")
+        pairs = iter(zip(patches[0::2], patches[1::2]))
+        loss, metrics = 0.0, {}
+        for (name, attr), weight in zip(self.TERMS, self.loss_weights):
+            if weight == 0:
+                continue
+            a, b = (v1, v2) if name == "image" else next(pairs)
+            term = self.pair_loss(getattr(self, attr), a, b)
+            loss = loss + weight * term
+            metrics[f"loss_{name}"] = term.detach()
+        return loss, metrics

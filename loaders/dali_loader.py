@@ -1,0 +1,248 @@
+"""Stage 3 DALI loader: one decode per image, six crops cut from it, BYOL augmentations on the GPU.
+
+Per sample, a Python external source (parallel worker processes) hands DALI the JPEG bytes of
+image x and of its neighbour (read by key through the shard index) and the sample's plan
+(:mod:`loaders.orl_samples`) as small arrays. The pipeline then
+
+1. decodes x once (``fn.decoders.image``, ``mixed`` backend: nvJPEG / the hardware decoder);
+2. cuts the two global views and the patches of x with ``fn.resize`` over per-sample regions of
+   interest (crop and resize in one pass; a horizontal flip is the same region with its x
+   coordinates swapped, so it costs nothing);
+3. cuts the neighbour's inter-RoI patch from a full decode of the neighbour or, with
+   ``orl.neighbor_decode=roi``, from ``fn.decoders.image_slice`` (decoder-side ROI decoding of that
+   one region);
+4. stacks the views (and the patches) of a sample as frames and applies the photometric
+   augmentation with per-frame arguments: ColorJitter's brightness, contrast and saturation in
+   the drawn order as torchvision blends them (four slots of one arithmetic blend each, the
+   unused ones at identity), then the hue shift with the grayscale conversion (``fn.hsv``),
+   Gaussian blur (per-frame sigma; window 1 = off) and solarise (``x ^ 255`` above the
+   threshold);
+5. hands uint8 tensors ``[B, F, 3, H, W]`` (channels-last strides) to torch through
+   ``DALIGenericIterator``.
+
+All randomness comes from the plan, so batches are a pure function of (seed, step), as on the
+torch path: resuming a run reproduces its samples. ``device_id=None`` runs the same graph on DALI's
+CPU backend (tests, machines without a GPU). All of this matches the torch path
+(:mod:`loaders.orl_torch`, torchvision) within uint8 rounding except the hue shift: DALI rotates
+colours about the grey axis keeping each pixel's grey level, torchvision shifts the HSV hue keeping
+its largest channel; the hue moves the same way by about as much, the pixel values differ (a few
+levels on average at the paper's hue 0.1).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from loaders.orl_samples import SampleBuilder, SamplePlan
+from loaders.sampling import StepBatchSampler
+from orl_fast.augment import blur_kernel_size
+
+
+def import_dali():
+    """The ``nvidia.dali`` module, or an ImportError that says how to install it."""
+    try:
+        import nvidia.dali as dali  # noqa: PLR0402 (sys.modules-aware, so tests can hide it)
+    except ImportError as e:
+        raise ImportError("orl.loader=dali needs NVIDIA DALI, which is not installed: install the "
+                          "`dali` extra, pip install 'orl-fast[dali]' (nvidia-dali-cuda130), or "
+                          "set orl.loader=torch (or auto)") from e
+    return dali
+
+
+def dali_available() -> bool:
+    try:
+        import_dali()
+    except ImportError:
+        return False
+    return True
+
+
+class ORLSource:
+    """Per-sample callable for ``fn.external_source``: sample ``i`` of iteration ``t`` is the
+    ``i``-th sample of this rank's batch at step ``start_step + t``. Picklable (spawned workers)."""
+
+    def __init__(self, builder: SampleBuilder, sampler: StepBatchSampler, roi_decode: bool):
+        self.builder = builder
+        self.sampler = sampler
+        self.roi_decode = roi_decode and builder.uses_neighbor
+        self.patch_crops = builder.crops[2:]
+        self.names = ["jpeg", "view_roi", *self._photo_names("view")]
+        if self.patch_crops:
+            self.names += ["patch_roi", *self._photo_names("patch")]
+        if builder.uses_neighbor:
+            self.names += ["neighbor_jpeg"] + ["neighbor_window"] * self.roi_decode
+        self.kernel = blur_kernel_size(builder.cfg.aug.blur_sigma[1])
+        self._cached: tuple[int, list] = (-1, [])
+
+    @staticmethod
+    def _photo_names(group: str) -> list[str]:
+        return [f"{group}_{n}" for n in ("blend", "hue", "gray", "sigma", "window", "solar")]
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        if self._cached[0] != step:
+            self._cached = (step, self.sampler.batch(step))
+        return self._cached[1]
+
+    def __call__(self, info) -> tuple[np.ndarray, ...]:
+        epoch, position = self.batch(self.sampler.start_step + info.iteration)[info.idx_in_batch]
+        arrays = self.arrays(self.builder.plan(epoch, position))
+        return tuple(arrays[n] for n in self.names)
+
+    def arrays(self, plan: SamplePlan) -> dict[str, np.ndarray]:
+        images = self.builder.images
+        out = {"jpeg": np.frombuffer(images.data(plan.key), dtype=np.uint8)}
+        groups = [("view", (0, 1))] + [("patch", self.patch_crops)] * bool(self.patch_crops)
+        for group, crops in groups:
+            out[f"{group}_roi"] = np.stack([self._roi(plan, c) for c in crops])
+            out.update(self._photometric(plan, crops, group))
+        if self.builder.uses_neighbor:
+            out["neighbor_jpeg"] = np.frombuffer(images.data(plan.neighbor), dtype=np.uint8)
+            if self.roi_decode:
+                out["neighbor_window"] = plan.boxes[5].astype(np.int32)
+        return out
+
+    def _roi(self, plan: SamplePlan, crop: int) -> np.ndarray:
+        """(y0, x0, y1, x1) for fn.resize; x swapped when flipped. The ROI-decoded neighbour patch
+        is the whole decoded slice, in relative coordinates."""
+        x, y, w, h = (float(v) for v in plan.boxes[crop])
+        if crop == 5 and self.roi_decode:
+            x, y, w, h = 0.0, 0.0, 1.0, 1.0
+        x0, x1 = (x + w, x) if plan.photo.flip[crop] else (x, x + w)
+        return np.array([y, x0, y + h, x1], dtype=np.float32)
+
+    def _photometric(self, plan: SamplePlan, crops: tuple[int, ...],
+                     group: str) -> dict[str, np.ndarray]:
+        p, idx = plan.photo, list(crops)
+        # Slot k of frame f applies operation order[f, k]: blend[k, :, f] = (a, b, c) of that
+        # blend (see build_pipeline), identity (1, 0, 0) for the hue slot and without jitter.
+        blend = np.zeros((4, 3, len(idx), 1, 1, 1), dtype=np.float32)
+        blend[:, 0] = 1.0
+        hue = np.zeros(len(idx), dtype=np.float32)  # degrees
+        for f, c in enumerate(idx):
+            if not p.jitter[c]:
+                continue
+            hue[f] = 360.0 * p.factors[c, 3]
+            for k, op in enumerate(p.order[c]):
+                factor = float(p.factors[c, op])
+                if op < 3:
+                    blend[k, 0, f] = factor
+                if op == 1:    # contrast: towards the mean grey level
+                    blend[k, 2, f] = 1.0 - factor
+                elif op == 2:  # saturation: towards the grey image
+                    blend[k, 1, f] = 1.0 - factor
+        sigma = p.sigma[idx].astype(np.float32)
+        return {
+            f"{group}_blend": blend,
+            f"{group}_hue": hue,
+            f"{group}_gray": np.where(p.gray[idx], 0.0, 1.0).astype(np.float32),
+            f"{group}_sigma": sigma,
+            f"{group}_window": np.where(sigma > 0, self.kernel, 1).astype(np.int32),
+            f"{group}_solar": (p.solarize[idx] * 255).astype(np.uint8).reshape(-1, 1, 1, 1),
+        }
+
+
+def build_pipeline(source: ORLSource, batch_size: int, device_id: int | None, num_threads: int,
+                   py_workers: int, prefetch: int, seed: int = 0):
+    """The DALI pipeline of :class:`ORLSource` samples (``device_id=None``: CPU backend)."""
+    dali = import_dali()
+    from nvidia.dali import fn, types
+
+    cfg = source.builder.cfg
+    gpu = device_id is not None
+    interp = {"bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC}[cfg.aug.interpolation]
+    threshold = cfg.aug.solarize_threshold
+
+    def resize(image, roi, size: int, relative: bool = False):
+        return fn.resize(image, roi_start=roi[0:2], roi_end=roi[2:4], roi_relative=relative,
+                         size=(size, size), interp_type=interp, antialias=True)
+
+    def blend_slot(x, blend):
+        """One ColorJitter slot, as torchvision blends: y = a x + b grey(x) + c mean(grey(x))
+        (brightness: a = factor; contrast: a = factor, c = 1 - factor; saturation: a = factor,
+        b = 1 - factor; hue or nothing: a = 1), truncated to uint8 like torchvision (a
+        saturating cast of y - 0.5)."""
+        grey = fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY)
+        mean = fn.reductions.mean(grey, axis_names="HWC", keep_dims=True, dtype=types.FLOAT)
+        y = blend[0] * x + (blend[1] * grey + (blend[2] * mean - 0.5))
+        return fn.cast(y, dtype=types.UINT8)
+
+    def augment(frames, d: dict, group: str):
+        blend = d[f"{group}_blend"]
+        for k in range(4):
+            frames = blend_slot(frames, blend[k])
+        # DALI's hue rotation keeps the grey level of every pixel and commutes with the blends,
+        # so it is applied once here, with the grayscale conversion (saturation 0).
+        frames = fn.hsv(frames, hue=fn.per_frame(d[f"{group}_hue"]),
+                        saturation=fn.per_frame(d[f"{group}_gray"]))
+        frames = fn.gaussian_blur(frames, sigma=fn.per_frame(d[f"{group}_sigma"]),
+                                  window_size=fn.per_frame(d[f"{group}_window"]))
+        return frames ^ (fn.cast(frames >= threshold, dtype=types.UINT8) * d[f"{group}_solar"])
+
+    @dali.pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                       seed=seed, prefetch_queue_depth=prefetch, py_num_workers=max(py_workers, 1),
+                       py_start_method="spawn")
+    def pipeline():
+        parallel = {"parallel": True, "prefetch_queue_depth": prefetch} if py_workers > 0 else {}
+        nodes = fn.external_source(source=source, num_outputs=len(source.names), batch=False,
+                                   **parallel)
+        d = dict(zip(source.names, nodes))
+        decode_args = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB,
+                       "adjust_orientation": False}
+        image = fn.decoders.image(d["jpeg"], **decode_args)
+        views = [resize(image, d["view_roi"][i], cfg.aug.crop_size) for i in range(2)]
+        outputs = [augment(fn.stack(*views, axis=0, axis_name="F"), d, "view")]
+        n = len(source.patch_crops)
+        if n:
+            from_x = n - 1 if source.builder.uses_neighbor else n
+            patches = [resize(image, d["patch_roi"][i], cfg.orl.patch_size) for i in range(from_x)]
+            if source.builder.uses_neighbor:
+                if source.roi_decode:
+                    window = d["neighbor_window"]
+                    neighbor = fn.decoders.image_slice(
+                        d["neighbor_jpeg"], start=window[0:2], shape=window[2:4], axis_names="WH",
+                        **decode_args)
+                else:
+                    neighbor = fn.decoders.image(d["neighbor_jpeg"], **decode_args)
+                patches.append(resize(neighbor, d["patch_roi"][n - 1], cfg.orl.patch_size,
+                                      relative=source.roi_decode))
+            outputs.append(augment(fn.stack(*patches, axis=0, axis_name="F"), d, "patch"))
+        return tuple(outputs)
+
+    return pipeline()
+
+
+class DALIBatches:
+    """Batches of steps [start, stop) of one rank as torch uint8 tensors ``[B, F, 3, H, W]``:
+    (views, patches), or (views,) when the run trains on no patch."""
+
+    def __init__(self, builder: SampleBuilder, sampler: StepBatchSampler, device_id: int | None,
+                 num_threads: int, py_workers: int, prefetch: int):
+        self.steps = len(sampler)
+        self.batch_size = sampler.local_batch
+        self.source = ORLSource(builder, sampler, builder.cfg.orl.neighbor_decode == "roi")
+        self.pipeline_args = (self.batch_size, device_id, max(num_threads, 1), py_workers,
+                              max(prefetch, 1), builder.cfg.train.seed)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self.steps == 0:
+            return
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        pipe = build_pipeline(self.source, *self.pipeline_args)
+        names = ["views", "patches"][:1 + bool(self.source.patch_crops)]
+        with warnings.catch_warnings():  # "set reader_name": an external source has no reader
+            warnings.simplefilter("ignore")
+            it = DALIGenericIterator([pipe], names, size=self.steps * self.batch_size,
+                                     auto_reset=False)
+        try:
+            for out in it:
+                yield tuple(out[0][n].permute(0, 1, 4, 2, 3) for n in names)
+        finally:
+            del it, pipe
