@@ -76,7 +76,10 @@ class LocalExecutor:
     cpu_slots = model_slots = 1
 
     def __init__(self, plan: Plan):
+        import torch
+
         self.plan = plan
+        self._threads = torch.get_num_threads()  # the model worker sets its own: restored
         self._miner: Miner | None = None
         self._results: collections.deque = collections.deque()
         self._next = 0
@@ -99,7 +102,10 @@ class LocalExecutor:
         return self._results.popleft()
 
     def release_models(self) -> None:
+        import torch
+
         self._miner = None
+        torch.set_num_threads(self._threads)
 
     def close(self) -> None:
         self.release_models()

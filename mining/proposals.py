@@ -20,6 +20,7 @@ import ctypes
 import io
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -153,7 +154,13 @@ def propose_shard(url: str, mine: MineConfig) -> dict:
 
 
 def _child_main() -> None:
-    url, mine = pickle.load(sys.stdin.buffer)
+    parent, url, mine = pickle.load(sys.stdin.buffer)
+    try:  # die with the worker that started us (Linux: PR_SET_PDEATHSIG = 1)
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    if os.getppid() != parent:
+        return
     pickle.dump(propose_shard(url, mine), sys.stdout.buffer)
 
 
@@ -164,7 +171,7 @@ def propose_shard_isolated(url: str, mine: MineConfig) -> dict:
                PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
         [sys.executable, "-c", "from mining.proposals import _child_main; _child_main()"],
-        input=pickle.dumps((url, mine)), capture_output=True, env=env, check=False)
+        input=pickle.dumps((os.getpid(), url, mine)), capture_output=True, env=env, check=False)
     if proc.returncode:
         raise RuntimeError(f"selective search of {url} failed (exit {proc.returncode}): "
                            f"{proc.stderr.decode(errors='replace')[-2000:]}")
