@@ -310,7 +310,11 @@ def _write_manifest(plan: Plan, cfg: Config, run: dict) -> None:
 
 
 def finalize(plan: Plan) -> dict:
-    """pairs/index.json and summary.json from the unit records (all units done)."""
+    """pairs/index.json and summary.json from the unit records (all units done).
+
+    Also removes temporary files that killed workers left (no unit is running any more)."""
+    for stage in STAGES:
+        storage.remove_stale_temporaries(plan.dir(stage))
     write_index(plan.dir("pairs"),
                 [plan.read_record("pairs", sid)["stats"]["index"] for sid in plan.shard_ids])
     summary = build_summary(plan)

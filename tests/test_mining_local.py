@@ -136,7 +136,7 @@ def test_undecodable_images_are_counted_not_fatal(scene_shards, ckpt, tmp_path):
 
 
 def test_official_json_round_trip(mined, scene_shards, tmp_path):
-    out, summary = mined
+    out, _summary = mined
     paths = official_json.export_official(out, str(tmp_path / "official"))
     with open(paths["correspondence"]) as f:
         corr = json.load(f)
@@ -147,7 +147,7 @@ def test_official_json_round_trip(mined, scene_shards, tmp_path):
     assert corr["info"]["knn_bbox_pair_ratio"] == 0.1
     assert all(len(pair) == 8 for slots in pa["knn_bbox_pair"] for slot in slots
                for pair in slot)
-    names, knn_pos, sims = official_json.read_knn_json(paths["knn"])
+    _names, knn_pos, sims = official_json.read_knn_json(paths["knn"])
     assert knn_pos.shape == (48, 10) and sims.shape == (48, 10)
     # Selective-search file: refiltering the kept boxes keeps them all.
     mine = MineConfig(min_box_size=24, max_boxes=20)

@@ -18,7 +18,7 @@ from mining.proposals import (
 )
 from orl_fast.config import MineConfig
 
-PAPER = dict(min_size=96, aspect_range=(1 / 3, 3.0), max_iou=0.5, max_boxes=100)
+PAPER = {"min_size": 96, "aspect_range": (1 / 3, 3.0), "max_iou": 0.5, "max_boxes": 100}
 
 
 def test_box_iou_xywh():
@@ -76,7 +76,7 @@ def test_scale_boxes_to_original_pixels():
 
 def test_whole_image_fallback():
     flat = np.full((120, 160, 3), 127, np.uint8)
-    boxes, raw, whole = propose(flat, MineConfig(min_box_size=500), seed=0)
+    boxes, _raw, whole = propose(flat, MineConfig(min_box_size=500), seed=0)
     assert whole and boxes.tolist() == [[0, 0, 160, 120]]
 
 
