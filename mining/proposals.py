@@ -10,8 +10,8 @@ box. Raw proposals are never stored.
 OpenCV ranks regions by ``level x rand()`` (libc's generator), so its output order changes from
 call to call, and any thread of the process that calls ``rand()`` (Ray's do, about once a
 second) shifts it. Each image therefore seeds ``rand()`` from its key, and a unit runs selective
-search in a child process of its own, free of other threads: proposals are a pure function of
-(image, key, config) and a redone unit is byte-identical.
+search in a helper process free of other threads (one per worker, kept across units):
+proposals are a pure function of (image, key, config) and a redone unit is byte-identical.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from typing import TYPE_CHECKING
 
 import cv2
@@ -153,29 +154,59 @@ def propose_shard(url: str, mine: MineConfig) -> dict:
             "failed": failed, "fallback": fallback}
 
 
-def _child_main() -> None:
-    parent, url, mine = pickle.load(sys.stdin.buffer)
+def _serve() -> None:
+    """The helper process: answer (url, mine) requests on stdin until it closes."""
+    parent = os.getppid()
     try:  # die with the worker that started us (Linux: PR_SET_PDEATHSIG = 1)
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
     if os.getppid() != parent:
         return
-    pickle.dump(propose_shard(url, mine), sys.stdout.buffer)
+    while True:
+        try:
+            url, mine = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return
+        try:
+            reply = (True, propose_shard(url, mine))
+        except Exception:  # noqa: BLE001 - sent back, raised in the worker
+            reply = (False, traceback.format_exc())
+        pickle.dump(reply, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+
+
+class _Helper:
+    """This process's selective-search helper: a single-threaded Python child kept across
+    units (started once per Ray worker), so only its own calls draw from its ``rand()``."""
+
+    proc: subprocess.Popen | None = None
+
+    @classmethod
+    def run(cls, url: str, mine: MineConfig) -> dict:
+        if cls.proc is None or cls.proc.poll() is not None:
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ, OMP_NUM_THREADS="1",
+                       PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+            cls.proc = subprocess.Popen(
+                [sys.executable, "-c", "from mining.proposals import _serve; _serve()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        try:
+            pickle.dump((url, mine), cls.proc.stdin)
+            cls.proc.stdin.flush()
+            ok, payload = pickle.load(cls.proc.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError) as e:
+            cls.proc.kill()
+            cls.proc = None
+            raise RuntimeError(f"selective-search helper died on {url}: {e}") from e
+        if not ok:
+            raise RuntimeError(f"selective search of {url} failed in the helper:\n{payload}")
+        return payload
 
 
 def propose_shard_isolated(url: str, mine: MineConfig) -> dict:
-    """:func:`propose_shard` in a fresh single-threaded Python process."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", "from mining.proposals import _child_main; _child_main()"],
-        input=pickle.dumps((os.getpid(), url, mine)), capture_output=True, env=env, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"selective search of {url} failed (exit {proc.returncode}): "
-                           f"{proc.stderr.decode(errors='replace')[-2000:]}")
-    return pickle.loads(proc.stdout)
+    """:func:`propose_shard` in this process's single-threaded helper process."""
+    return _Helper.run(url, mine)
 
 
 def proposals_unit(plan: Plan, sid: int) -> dict:

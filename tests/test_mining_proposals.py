@@ -103,7 +103,7 @@ def test_selective_search_on_a_real_image(coco_image, ss_max_side):
     assert np.array_equal(boxes, again)
 
 
-def test_shard_proposals_in_a_child_process(scene_shards):
+def test_shard_proposals_in_the_helper_process(scene_shards):
     shards, _ = scene_shards
     mine = MineConfig(min_box_size=24, ss_max_side=0)
     url = os.path.join(shards, "shard-000000.tar")
@@ -111,7 +111,7 @@ def test_shard_proposals_in_a_child_process(scene_shards):
     assert len(r["keys"]) == 24 and r["failed"] == []
     assert r["counts"].sum() == len(r["boxes"]) and (r["counts"] >= 1).all()
     assert (r["size"] == [160, 120]).all()
-    # The child computes what this process computes for the same (image, key).
+    # The helper computes what this process computes for the same (image, key).
     key, data, _ = next(iter_shard(url))
     here, raw, _ = propose(decode_array(data), mine, int(key))
     assert np.array_equal(r["boxes"][:r["counts"][0]], here) and r["raw_counts"][0] == raw
