@@ -134,7 +134,9 @@ def knn_unit(plan: Plan, sids: list[int], device: str, threads: int = 1) -> dict
         size = save_arrays(plan.path("knn", sid), keys=keys[start:stop], neighbors=neighbors,
                            sims=sims)
         stats = {"queries": stop - start, "k": int(idx.shape[1]),
-                 "neighbor_sim_hist": sim_hist(sims), "bytes": size}
+                 "neighbor_sim_hist": sim_hist(sims), "bytes": size,
+                 # What the pairs unit of this shard reads: scheduled when these are embedded.
+                 "neighbor_shards": np.unique(plan.shards_of(neighbors[neighbors >= 0])).tolist()}
         plan.write_record("knn", sid, stats, time.time() - t0)
         out[sid] = stats
         t0 = time.time()

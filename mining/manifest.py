@@ -32,6 +32,8 @@ import json
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from loaders.shards import INDEX_FILE
 from mining.records import PAIRS_DIR
 from orl_fast import checkpoint, storage
@@ -126,6 +128,13 @@ class Plan:
         if i < 0:
             raise KeyError(f"key {key} precedes every shard of {self.data}")
         return self.shard_ids[i]
+
+    def shards_of(self, keys: np.ndarray) -> np.ndarray:
+        """:meth:`shard_of` for an array of keys."""
+        i = np.searchsorted(np.asarray(self.first_keys), np.asarray(keys), side="right") - 1
+        if (i < 0).any():
+            raise KeyError(f"keys precede every shard of {self.data}")
+        return np.asarray(self.shard_ids)[i]
 
     @property
     def config_hash(self) -> str:

@@ -27,12 +27,10 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from loaders.shards import write_index
 from mining import embed, knn, proposals, roi_embed, roi_pairs
-from mining.arrays import load_arrays
 from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, make_plan
 from mining.ray_runtime import ray_session
 from mining.summary import build_summary
@@ -224,10 +222,8 @@ class Scheduler:
     def _knn_done(self, sid: int) -> None:
         if sid not in self.todo["pairs"]:
             return
-        neighbors = load_arrays(self.plan.path("knn", sid))["neighbors"]
-        keys = np.unique(neighbors[neighbors >= 0])
-        deps = {sid} | {self.plan.shard_of(int(k)) for k in keys}
-        self.pair_deps[sid] = deps
+        stats = self.plan.read_record("knn", sid)["stats"]
+        self.pair_deps[sid] = {sid, *stats["neighbor_shards"]}
         self._maybe_pairs(sid)
 
     def _maybe_pairs(self, sid: int) -> None:
@@ -300,13 +296,17 @@ def _device(mine: MineConfig) -> str:
     return "cuda" if has_gpu and mine.device != "cpu" else "cpu"
 
 
-def _write_manifest(plan: Plan, cfg: Config, run: dict) -> None:
+def _write_manifest(plan: Plan, cfg: Config, run: dict | None) -> None:
+    """manifest.json: what this directory is mined from and with; one entry per finished run.
+
+    Written when a run starts (status "running") and when it ends ("complete")."""
     url = storage.join(plan.out, MANIFEST)
     runs = storage.read_json(url).get("runs", []) if storage.exists(url) else []
     storage.atomic_write_json(url, {
+        "status": "running" if run is None else "complete",
         "config_hash": plan.config_hash, "hashes": plan.hashes, "inputs": plan.inputs,
         "device": plan.device, "config": {"mine": cfg.to_dict()["mine"]},
-        "runs": [*runs, run]})
+        "runs": runs if run is None else [*runs, run]})
 
 
 def finalize(plan: Plan) -> dict:
@@ -335,6 +335,7 @@ def run(cfg: Config, progress: bool = True) -> dict:
         for stage in STAGES:
             storage.makedirs(plan.dir(stage))
             storage.remove_stale_temporaries(plan.dir(stage))
+        _write_manifest(plan, cfg, None)
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
         ex = RayExecutor(plan) if mine.executor == "ray" else LocalExecutor(plan)
         sched = Scheduler(plan, ex, progress)
