@@ -42,9 +42,10 @@ def main() -> None:
                 "train.batch_size=32", "aug.crop_size=96", "train.ckpt_every_steps=100000"]))
         ckpt = str(run)
     results = {}
+    mined = str(OUT / f"purity-mined-{args.images}")
     for name, model in (("stage1", ckpt), ("random_init",
                                            random_stage1("small", [], "resnet18"))):
-        mined = str(OUT / f"purity-mined-{args.images}-{name}")
+        # One directory: the second model redoes the model stages, the proposals are kept.
         summary = pipeline.run(load_config("small", [f"data={shards}", f"ckpt={model}",
                                                      f"out={mined}", *MINE]))
         results[name] = {**pair_purity(mined, str(COCO_MINI / "instances.json"), shards),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from loaders.shards import write_index
@@ -64,3 +65,16 @@ def test_stage_hashes_follow_what_each_stage_reads(tmp_path):
     assert changed(batch_size=8, ray_num_cpus=7, cpu_actors=3, executor="local") == set()
     assert changed(device="cuda") == {"embed", "knn", "roi", "pairs"}
     assert changed(precision="fp32") == set()  # precision applies on CUDA only
+
+
+def test_keys_map_to_their_shards(tmp_path):
+    write_index(str(tmp_path / "data"), [
+        {"name": "shard-000000.tar", "count": 3, "first_key": 0, "last_key": 4, "bytes": 1},
+        {"name": "shard-000001.tar", "count": 0, "first_key": -1, "last_key": -1, "bytes": 0},
+        {"name": "shard-000002.tar", "count": 2, "first_key": 10, "last_key": 12, "bytes": 1}])
+    ckpt = checkpoint.save(str(tmp_path / "run"), 0, {"model": {}}, keep_last=1)
+    plan = make_plan("out", str(tmp_path / "data"), ckpt, MineConfig(), "cpu")
+    assert plan.shard_ids == [0, 2]  # empty shards have no units
+    assert [plan.shard_of(k) for k in (0, 4, 7, 10, 12)] == [0, 0, 0, 2, 2]
+    assert plan.shards_of(np.array([12, 0, 10])).tolist() == [2, 0, 2]
+    assert plan.path("pairs", 2).endswith("pairs/pairs-000002.tar")
