@@ -201,8 +201,10 @@ class MineConfig:
     compile: bool = False
     # Crops per forward pass (whole images and RoIs).
     batch_size: int = 256
-    # Ray: "" starts a local Ray on 127.0.0.1 (no dashboard); "auto" or host:port joins a cluster.
+    # Where units run: "ray", or "local" (one after another in this process: debugging).
     executor: Literal["ray", "local"] = "ray"
+    # "" starts a private local Ray on 127.0.0.1 (no dashboard); "auto", host:port or ray://...
+    # joins a running cluster.
     ray_address: str = ""
     # Local Ray only: CPUs (0: all cores) and object store size.
     ray_num_cpus: int = 0
