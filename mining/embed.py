@@ -194,7 +194,9 @@ class ModelRunner:
         if self.cuda:
             self.encoder.to(memory_format=torch.channels_last)
         self.backbone = self.encoder.backbone
-        if mine.compile and self.cuda:
+        # A compiled backbone sees one shape: short batches are padded to the batch size.
+        self.pad_to = mine.batch_size if mine.compile and self.cuda else 0
+        if self.pad_to:
             self.backbone = torch.compile(self.backbone, dynamic=False)
         self.autocast = self.cuda and mine.precision == "bf16"
         self.feat_dim = self.encoder.feat_dim
@@ -205,11 +207,14 @@ class ModelRunner:
     @torch.inference_mode()
     def embed(self, x: torch.Tensor, project: bool) -> np.ndarray:
         """L2-normalised float16 features of a crop batch: projector output or pooled backbone."""
+        n = len(x)
         x = x.to(self.device, non_blocking=True)
+        if n < self.pad_to:
+            x = torch.cat([x, x.new_zeros(self.pad_to - n, *x.shape[1:])])
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-            f = self.backbone(x)
+            f = self.backbone(x)[:n]
             if project:
                 f = self.encoder.projector(f)
         return F.normalize(f.float(), dim=1).cpu().numpy().astype(np.float16)
