@@ -17,6 +17,7 @@ proposals are a pure function of (image, key, config) and a redone unit is byte-
 from __future__ import annotations
 
 import ctypes
+import functools
 import io
 import os
 import pickle
@@ -131,7 +132,7 @@ def propose(image_rgb: np.ndarray, mine: MineConfig,
 
 
 def propose_shard(url: str, mine: MineConfig) -> dict:
-    """Proposals of every image of one input shard (runs in the unit's child process)."""
+    """Proposals of every image of one input shard (runs in the helper process)."""
     cv2.setNumThreads(1)
     keys, sizes, counts, raw_counts, boxes, failed = [], [], [], [], [], []
     fallback = 0
@@ -231,18 +232,13 @@ class ProposalStore:
     """Kept boxes of any key, from the per-shard proposal files (LRU of ``cache`` shards)."""
 
     def __init__(self, plan: Plan, cache: int = 64):
-        self.plan, self.cache = plan, cache
-        self._shards: dict[int, dict[str, np.ndarray]] = {}
+        self.plan = plan
+        self.shard = functools.lru_cache(maxsize=cache)(self._read)
 
-    def shard(self, sid: int) -> dict[str, np.ndarray]:
-        s = self._shards.pop(sid, None)
-        if s is None:
-            s = load_arrays(self.plan.path("proposals", sid))
-            s["boxes"] = s["boxes"].astype(np.int32)
-            s["offsets"] = np.concatenate([[0], np.cumsum(s["counts"])]).astype(np.int64)
-            if len(self._shards) >= self.cache:
-                self._shards.pop(next(iter(self._shards)))
-        self._shards[sid] = s  # most recent last
+    def _read(self, sid: int) -> dict[str, np.ndarray]:
+        s = load_arrays(self.plan.path("proposals", sid))
+        s["boxes"] = s["boxes"].astype(np.int32)
+        s["offsets"] = np.concatenate([[0], np.cumsum(s["counts"])]).astype(np.int64)
         return s
 
     def locate(self, key: int) -> tuple[int, int, int, int, int] | None:

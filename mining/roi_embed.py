@@ -8,6 +8,7 @@ never holds its shard's features; the pairs step reads any image's rows with one
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -58,19 +59,12 @@ class RoiStore:
     """Rows of any shard's RoI embeddings by range (LRU of ``cache`` open files)."""
 
     def __init__(self, plan: Plan, cache: int = 64):
-        self.plan, self.cache = plan, cache
-        self._files: dict[int, NpyRows] = {}
+        # Evicted readers are closed when garbage-collected.
+        self._file = functools.lru_cache(maxsize=cache)(
+            lambda sid: NpyRows(plan.path("roi", sid)))
 
     def rows(self, sid: int, start: int, count: int) -> np.ndarray:
-        f = self._files.pop(sid, None)
-        if f is None:
-            f = NpyRows(self.plan.path("roi", sid))
-            if len(self._files) >= self.cache:
-                self._files.pop(next(iter(self._files))).close()
-        self._files[sid] = f
-        return f.rows(start, start + count).astype(np.float32)
+        return self._file(sid).rows(start, start + count).astype(np.float32)
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files = {}
+        self._file.cache_clear()
