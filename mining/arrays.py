@@ -35,6 +35,11 @@ def save_arrays(url: str, **arrays: np.ndarray) -> int:
             return f.seek(0, 2)
 
 
+def file_size(url: str) -> int:
+    fs, path = storage.url_to_fs(url)
+    return int(fs.size(path))
+
+
 def load_arrays(url: str) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as z:
         return {name: z[name] for name in z.files}

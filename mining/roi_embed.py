@@ -14,10 +14,10 @@ import time
 import numpy as np
 import torch
 
-from mining.arrays import NpyRows, NpyWriter, load_arrays
+from mining.arrays import NpyRows, NpyWriter, file_size, load_arrays
 from mining.embed import ModelRunner, forward_batched, iter_decoded
 from mining.manifest import Plan
-from mining.summary import FAILED_KEYS_CAP, file_size
+from mining.summary import FAILED_KEYS_CAP
 from orl_fast import storage
 
 

@@ -16,12 +16,12 @@ import time
 import numpy as np
 
 from loaders.shards import format_key, idx_name, shard_summary, write_idx, write_shard
-from mining.arrays import load_arrays
+from mining.arrays import file_size, load_arrays
 from mining.manifest import Plan
 from mining.proposals import ProposalStore
 from mining.records import EXT, PairRecord, pair_shard_name
 from mining.roi_embed import RoiStore
-from mining.summary import count_hist, file_size, sim_hist
+from mining.summary import count_hist, sim_hist
 from orl_fast import storage
 
 

@@ -6,9 +6,12 @@ the run was interrupted and resumed (timings live in ``manifest.json``, not here
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from orl_fast import storage
+if TYPE_CHECKING:
+    from mining.manifest import Plan
 
 FAILED_KEYS_CAP = 100  # undecodable keys listed per unit and in the summary (all are counted)
 SIM_EDGES = [round(-1 + 0.05 * i, 2) for i in range(41)]          # cosine, 0.05 wide
@@ -27,11 +30,6 @@ def count_hist(values) -> list[int]:
     return np.bincount(idx, minlength=len(COUNT_EDGES)).tolist()
 
 
-def file_size(url: str) -> int:
-    fs, path = storage.url_to_fs(url)
-    return int(fs.size(path))
-
-
 def _sum(stats: list[dict], name: str):
     values = [s[name] for s in stats]
     if values and isinstance(values[0], list):
@@ -43,7 +41,7 @@ def _mean(total: int, n: int) -> float:
     return round(total / n, 4) if n else 0.0
 
 
-def build_summary(plan) -> dict:
+def build_summary(plan: Plan) -> dict:
     """Aggregate every unit record of ``plan`` (all units must be done)."""
     s = {stage: [plan.read_record(stage, sid)["stats"] for sid in plan.shard_ids]
          for stage in ("embed", "proposals", "knn", "roi", "pairs")}
