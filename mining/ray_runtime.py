@@ -3,8 +3,9 @@
 A local instance (``mine.ray_address`` empty) is started with ``address="local"`` (never
 attaching to somebody else's ``ray start``), no dashboard, a bounded object store, and every Ray
 server on the loopback interface: Ray binds the node's IP, which it takes from the loopback
-interface only when ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (its single-machine mode). Workers
-import this checkout (its root is put first on their PYTHONPATH).
+interface only when ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (its single-machine mode); without
+a dashboard Ray serves no HTTP UI. Workers import this checkout (its root is put first on their
+PYTHONPATH).
 
 ``mine.ray_address`` ("auto", "host:port", "ray://...") joins a running cluster whose nodes
 have orl-fast installed; nothing about that cluster's network settings is changed.
@@ -24,6 +25,7 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 def _loopback_only() -> None:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by raylet and agents
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a private run
     from ray._private import ray_constants  # read at import time: patch this process too
 
     ray_constants.ENABLE_RAY_CLUSTER = False
