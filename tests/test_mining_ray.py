@@ -21,6 +21,7 @@ from mining_support import MINE, MODEL, make_ckpt, mine_config, output_digests
 
 from mining import pipeline
 from mining.ray_runtime import ray_session
+from mining.records import open_pairs, read_record
 from orl_fast.config import MineConfig
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,13 @@ def reference(coco_shards, tmp_path_factory):
     out = str(root / "reference")
     summary = pipeline.run(mine_config(coco_shards, ckpt, out, *COCO, "mine.executor=local"),
                            progress=False)
-    assert summary["pairs"]["records"] == 64 and summary["pairs"]["pairs"] > 0
+    assert summary["images"] == 64 and summary["decode_failed"]["embed"] == 0
+    assert summary["pairs"]["records"] == 64 and summary["knn"]["k"] == 10
+    index = open_pairs(out)
+    records = [read_record(index, index.key_at(i)) for i in range(len(index))]
+    assert len(records) == 64 and all(len(r.neighbors) == 10 for r in records)
+    assert sum(len(r.boxes) for r in records) == summary["proposals"]["boxes"]
+    assert sum(len(r.pair_score) for r in records) == summary["pairs"]["pairs"] > 0
     return ckpt, output_digests(out)
 
 
