@@ -3,7 +3,9 @@
 Each worker runs whole proposal units (``mining.proposals.proposals_unit``: read the shard,
 decode, selective search in the unit's child process, filter, write), as ``orl-fast mine``
 does; the driver keeps at most W units in flight. Efficiency(W) = rate(W) / (W x rate(1)),
-with rate(1) measured in the same run. The goal is >= 0.9 at 16 workers.
+with rate(1) measured in the same run; each count is measured --rounds times, interleaved, and
+the best kept (a shared machine's other load only slows a measurement). The goal is >= 0.9 at 16
+workers.
 
     python benchmarks/mining_selective_search.py                      # here: 1, 2 workers
     python benchmarks/mining_selective_search.py --workers 1,2,4,8,16 --images 741 --shard-size 8
@@ -39,6 +41,8 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=8, help="images per unit")
     ap.add_argument("--ss-max-side", type=int, default=0, help="0: full size (official)")
     ap.add_argument("--min-box-size", type=int, default=96)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="measure every worker count this many times, interleaved; keep the best")
     args = ap.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
     shards = coco_shards(args.images, args.shard_size)
@@ -47,13 +51,13 @@ def main() -> None:
                       ray_num_cpus=max(counts))
     import ray
 
-    rates = {}
+    rates = dict.fromkeys(counts, 0.0)
     with ray_session(mine):
         task = ray.remote(proposals_unit).options(num_cpus=1, name="proposals")
         warm = ray.remote(_start_worker).options(num_cpus=1)
         first = f"{shards}/shard-000000.tar"
         ray.get([warm.remote(first, mine) for _ in range(max(counts))])
-        for w in counts:
+        for w in [w for _ in range(args.rounds) for w in counts]:
             out = OUT / f"ss-bench-{w}"
             shutil.rmtree(out, ignore_errors=True)
             plan = make_plan(str(out), shards, ckpt, mine, "cpu")
@@ -65,7 +69,7 @@ def main() -> None:
                     pending.append(task.remote(ref, todo.pop(0)))
                 [done], pending = ray.wait(pending, num_returns=1)
                 images += ray.get(done)["images"]
-            rates[w] = images / (time.perf_counter() - t0)
+            rates[w] = max(rates[w], images / (time.perf_counter() - t0))
     base = rates[counts[0]] / counts[0]
     result = {**machine(), "images": args.images, "shard_size": args.shard_size,
               "ss_max_side": args.ss_max_side,
