@@ -7,7 +7,8 @@ compares per image:
                same kept boxes, and of the raw proposals the official pipeline stores (sized
                from the raw proposal count at the measured JSON bytes per box)
     pairs:     pairs/pairs-*.tar (+ .idx.npy)                 vs  correspondence JSON (official
-               keys only, json.dump defaults as mmcv.dump)
+               keys only, json.dump defaults as mmcv.dump); also the PairRecords alone (tar
+               members are 512-byte aligned with a 512-byte header each)
 
     python benchmarks/mining_bytes.py [--images 128] [--mined DIR]
 """
@@ -18,11 +19,13 @@ import argparse
 import json
 import os
 import tempfile
+from pathlib import Path
 
 from mining_common import OUT, coco_shards, machine, random_stage1
 
 from mining import official_json, pipeline
 from mining.manifest import SUMMARY
+from mining.records import PAIRS_DIR
 from orl_fast.config import load_config
 
 OFFICIAL_KEYS = {"knn_image_sim", "knn_bbox_pair_score"}  # ours, dropped for the comparison
@@ -66,10 +69,12 @@ def main() -> None:
     raw_bytes = ss_bytes / boxes * summary["proposals"]["raw_boxes_per_image"] * records
     ours_props = summary["bytes"]["proposals"]
     ours_pairs = summary["bytes"]["pairs"]
+    payload = sum(e["bytes"] for e in json.loads(
+        (Path(mined) / PAIRS_DIR / "index.json").read_text())["shards"])  # records alone
     corr_bytes = json_size(corr)
     per = {"ours_proposals": ours_props / records, "official_ss_kept": ss_bytes / records,
            "official_ss_raw": raw_bytes / records, "ours_pairs": ours_pairs / records,
-           "official_correspondence": corr_bytes / records}
+           "ours_pair_records": payload / records, "official_correspondence": corr_bytes / records}
     result = {**machine(), "images": records,
               "boxes_per_image": summary["proposals"]["boxes_per_image"],
               "raw_boxes_per_image": summary["proposals"]["raw_boxes_per_image"],
@@ -85,7 +90,9 @@ def main() -> None:
           f"{per['official_ss_kept']:9.0f} (x{ss_bytes / ours_props:.1f}), raw proposals "
           f"{per['official_ss_raw']:9.0f} (x{raw_bytes / ours_props:.1f})")
     print(f"  pairs      ours {per['ours_pairs']:9.0f}   official correspondence JSON "
-          f"{per['official_correspondence']:9.0f} (x{corr_bytes / ours_pairs:.1f})")
+          f"{per['official_correspondence']:9.0f} (x{corr_bytes / ours_pairs:.2f})")
+    print(f"             of which PairRecord bytes {per['ours_pair_records']:.0f}, tar headers and "
+          f"padding + .idx.npy {per['ours_pairs'] - per['ours_pair_records']:.0f}")
 
 
 if __name__ == "__main__":
