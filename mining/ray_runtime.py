@@ -8,7 +8,8 @@ a dashboard Ray serves no HTTP UI. Workers import this checkout (its root is put
 PYTHONPATH).
 
 ``mine.ray_address`` ("auto", "host:port", "ray://...") joins a running cluster whose nodes
-have orl-fast installed; nothing about that cluster's network settings is changed.
+have orl-fast installed (a 127.0.0.1 / localhost address: a loopback-only cluster on this
+machine, which this driver then joins on the loopback interface too).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def ray_session(mine: MineConfig) -> Iterator[None]:
         yield
         return
     if mine.ray_address:
+        if mine.ray_address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
+            _loopback_only()  # a cluster on this machine's loopback: be a loopback node too
         ray.init(address=mine.ray_address, log_to_driver=True)
     else:
         _loopback_only()
