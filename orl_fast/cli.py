@@ -4,9 +4,9 @@ Every sub-command that takes a config accepts ``--config NAME|PATH`` (shipped: p
 dotted ``FIELD=VALUE`` overrides, e.g.::
 
     orl-fast ingest images/ shards/ ingest.shard_size=500
-    orl-fast pretrain --config paper data=shards/ out=runs/stage1 train.batch_size=256
     orl-fast mine --config paper data=shards/ ckpt=runs/stage1 out=mined/
     orl-fast viz pairs mined/ --out viz/
+    orl-fast pretrain --config paper data=shards/ out=runs/stage1 train.batch_size=256
     orl-fast config --config small train.epochs=2      # print the resolved config
 """
 
@@ -45,16 +45,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from orl_fast import stage1
-
-    cfg = load_config(args.config, args.overrides)
-    path = stage1.run(cfg)
-    if path:
-        print(f"stage 1 checkpoint: {path}")
-    return 0
-
-
 def cmd_mine(args: argparse.Namespace) -> int:
     from mining import pipeline
 
@@ -85,6 +75,16 @@ def cmd_viz_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from orl_fast import stage1
+
+    cfg = load_config(args.config, args.overrides)
+    path = stage1.run(cfg)
+    if path:
+        print(f"stage 1 checkpoint: {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from orl_fast import demo
 
@@ -108,10 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("pretrain", help="Stage 1: image-level BYOL (data=SHARDS out=DIR)")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_pretrain)
-
     p = sub.add_parser("mine", help="Stage 2: correspondence mining on Ray "
                                     "(data=SHARDS ckpt=STAGE1 out=DIR)")
     p.add_argument("--address", default="",
@@ -129,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", default=None, help="image shards (default: the mined run's)")
     q.add_argument("--top", type=int, default=48, help="pairs shown (default: %(default)s)")
     q.set_defaults(func=cmd_viz_pairs)
+
+    p = sub.add_parser("pretrain", help="Stage 1: image-level BYOL (data=SHARDS out=DIR)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("demo", help="the whole pipeline, small, on generated scenes")
     p.add_argument("--out", default="orl-fast-demo", help="output directory (default: %(default)s)")
