@@ -9,7 +9,9 @@ PYTHONPATH).
 
 ``mine.ray_address`` ("auto", "host:port", "ray://...") joins a running cluster whose nodes
 have orl-fast installed (a 127.0.0.1 / localhost address: a loopback-only cluster on this
-machine, which this driver then joins on the loopback interface too).
+machine, which this driver then joins on the loopback interface too). Without it,
+``RAY_ADDRESS`` is honoured as Ray does: a Ray job (``orl-fast submit -- orl-fast mine ...``)
+mines on its own cluster.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ def ray_session(mine: MineConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if mine.ray_address:
-        if mine.ray_address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
+    address = mine.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        if address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
             _loopback_only()  # a cluster on this machine's loopback: be a loopback node too
-        ray.init(address=mine.ray_address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
     else:
         _loopback_only()
         ray.init(

@@ -203,8 +203,8 @@ class MineConfig:
     batch_size: int = 256
     # Where units run: "ray", or "local" (one after another in this process: debugging).
     executor: Literal["ray", "local"] = "ray"
-    # "" starts a private local Ray on 127.0.0.1 (no dashboard); "auto", host:port or ray://...
-    # joins a running cluster.
+    # "" starts a private local Ray on 127.0.0.1 (no dashboard) unless RAY_ADDRESS is set (a Ray
+    # job); "auto", host:port or ray://... joins a running cluster.
     ray_address: str = ""
     # Local Ray only: CPUs (0: all cores) and object store size.
     ray_num_cpus: int = 0
