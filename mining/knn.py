@@ -25,6 +25,7 @@ from mining.manifest import Plan
 from mining.summary import sim_hist
 
 FAISS_TRAIN_MAX = 500_000  # vectors used to train an IVF / PQ faiss index (seeded sample)
+SIM_BLOCK_ELEMENTS = 1 << 28  # torch backend: at most 1 GiB of float32 similarities per block
 
 
 class KnnIndex:
@@ -49,8 +50,9 @@ class KnnIndex:
         """(neighbour rows [n, k'] int64, cosine [n, k'] float32), most similar first;
         k' = min(k, N - 1)."""
         k = min(k, self.n - 1)
-        if k <= 0:
-            return np.zeros((stop - start, 0), np.int64), np.zeros((stop - start, 0), np.float32)
+        if k <= 0 or stop <= start:
+            n = max(stop - start, 0)
+            return np.zeros((n, max(k, 0)), np.int64), np.zeros((n, max(k, 0)), np.float32)
         if self.backend == "torch":
             return self._search_torch(start, stop, k)
         return self._search_faiss(start, stop, k)
@@ -58,8 +60,9 @@ class KnnIndex:
     @torch.inference_mode()
     def _search_torch(self, start: int, stop: int, k: int):
         idx, sims = [], []
-        for s in range(start, stop, self.block):
-            e = min(s + self.block, stop)
+        rows = max(1, min(self.block, SIM_BLOCK_ELEMENTS // self.n))
+        for s in range(start, stop, rows):
+            e = min(s + rows, stop)
             sim = self.bank[s:e] @ self.bank.T
             sim[torch.arange(e - s, device=sim.device), torch.arange(s, e, device=sim.device)] = (
                 -float("inf"))

@@ -70,3 +70,8 @@ def test_faiss_ivf_index_is_close_to_exact():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="annoy"):
         KnnIndex(unit_vectors(3), "annoy")
+
+
+def test_empty_query_range():
+    idx, sim = KnnIndex(unit_vectors(20), "torch").search(5, 5, 10)
+    assert idx.shape == sim.shape == (0, 10)

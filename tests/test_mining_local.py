@@ -115,22 +115,30 @@ def test_changing_topn_redoes_only_the_pairs(mined, scene_shards, ckpt, tmp_path
 
 
 def test_undecodable_images_are_counted_not_fatal(scene_shards, ckpt, tmp_path):
+    """One bad image in shard 0, shard 1 entirely bad: counted, no records, nothing crashes."""
     shards = str(tmp_path / "shards")
-    samples = list(itertools.islice(iter_shard(f"{scene_shards[0]}/shard-000000.tar"), 6))
+    samples = list(itertools.islice(iter_shard(f"{scene_shards[0]}/shard-000000.tar"), 8))
+    garbage = b"\xff\xd8\xff\xe0 truncated garbage"
     bad_key = samples[2][0]
-    samples[2] = (bad_key, b"\xff\xd8\xff\xe0 truncated garbage", samples[2][2])
-    rows = write_shard(f"{shards}/shard-000000.tar", samples)
-    write_idx(f"{shards}/shard-000000.idx.npy", rows)
-    write_index(shards, [shard_summary("shard-000000.tar", rows)])
+    samples[2] = (bad_key, garbage, samples[2][2])
+    entries = []
+    for sid, part in ((0, samples[:6]), (1, [(k, garbage, m) for k, _, m in samples[6:]])):
+        name = f"shard-{sid:06d}.tar"
+        rows = write_shard(f"{shards}/{name}", part)
+        write_idx(f"{shards}/shard-{sid:06d}.idx.npy", rows)
+        entries.append(shard_summary(name, rows))
+    write_index(shards, entries)
     out = str(tmp_path / "mined")
     summary = pipeline.run(mine_config(shards, ckpt, out, *SCENES), progress=False)
-    assert summary["images"] == 6
-    assert summary["decode_failed"] == {"embed": 1, "proposals": 1, "roi": 0}
-    assert summary["failed_keys"] == [int(bad_key)]
+    assert summary["images"] == 8
+    assert summary["decode_failed"] == {"embed": 3, "proposals": 3, "roi": 0}
+    assert summary["failed_keys"] == sorted(int(k) for k in (bad_key, samples[6][0],
+                                                             samples[7][0]))
     assert summary["pairs"]["records"] == 5 and summary["knn"]["k"] == 4  # K honoured: N - 1
     index = open_pairs(out)
+    assert len(index) == 5
     assert read_record(index, bad_key) is None  # Stage 3 falls back to the whole image
-    for key, *_ in samples:
+    for key, *_ in samples[:6]:
         if key != bad_key:
             assert int(bad_key) not in read_record(index, key).neighbors.tolist()
 
