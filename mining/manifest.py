@@ -30,12 +30,13 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from loaders.shards import INDEX_FILE
-from mining.records import PAIRS_DIR
+from loaders.shards import INDEX_FILE, iter_shard
+from mining.records import EXT, PAIRS_DIR, PairRecord
 from orl_fast import checkpoint, storage
 from orl_fast.config import MineConfig
 
@@ -139,6 +140,19 @@ class Plan:
     @property
     def config_hash(self) -> str:
         return _digest([self.hashes[s] for s in STAGES])
+
+
+def data_of(mined: str) -> str:
+    """The image shards a mined directory was made from (its manifest)."""
+    return storage.read_json(storage.join(mined, MANIFEST))["inputs"]["data"]
+
+
+def iter_records(mined: str) -> Iterator[PairRecord]:
+    """Every pair record of a mined directory, in key order (streaming, shard by shard)."""
+    root = storage.join(mined, PAIRS_DIR)
+    for entry in storage.read_json(storage.join(root, INDEX_FILE))["shards"]:
+        for _, data, _ in iter_shard(storage.join(root, entry["name"]), ext=EXT):
+            yield PairRecord.decode(data)
 
 
 def shard_id(name: str) -> int:

@@ -38,13 +38,12 @@ from loaders.shards import (
     ShardIndex,
     format_key,
     idx_name,
-    iter_shard,
     shard_summary,
     write_idx,
     write_index,
     write_shard,
 )
-from mining.manifest import MANIFEST, shard_id
+from mining.manifest import MANIFEST, data_of, iter_records, shard_id
 from mining.proposals import filter_boxes
 from mining.records import EXT, PAIRS_DIR, PairRecord, pair_shard_name
 from orl_fast import storage
@@ -56,11 +55,6 @@ CORRESPONDENCE_FILE = "correspondence.json"
 
 
 # ----------------------------------------------------------------------------- names
-
-
-def data_of(mined: str) -> str:
-    """The image shards a mined directory was made from (its manifest)."""
-    return storage.read_json(storage.join(mined, MANIFEST))["inputs"]["data"]
 
 
 def source_names(data: str) -> dict[int, str]:
@@ -97,14 +91,6 @@ def keys_for(file_names: list[str], data: str) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- export
-
-
-def iter_records(mined: str) -> Iterator[PairRecord]:
-    """Every pair record of a mined directory, in key order (streaming, shard by shard)."""
-    root = storage.join(mined, PAIRS_DIR)
-    for entry in storage.read_json(storage.join(root, "index.json"))["shards"]:
-        for _, data, _ in iter_shard(storage.join(root, entry["name"]), ext=EXT):
-            yield PairRecord.decode(data)
 
 
 def _write_json(url: str, tree: dict) -> None:

@@ -20,7 +20,8 @@ import posixpath
 
 import numpy as np
 
-from mining.official_json import data_of, iter_records, source_names
+from mining.manifest import data_of, iter_records
+from mining.official_json import source_names
 from mining.proposals import box_iou
 from mining.records import open_pairs, read_record
 from orl_fast import storage

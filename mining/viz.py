@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from loaders.shards import ShardIndex
-from mining.official_json import data_of, iter_records
+from mining.manifest import data_of, iter_records
 from mining.proposals import decode_array
 
 TILE = 176          # image height in a pair cell
