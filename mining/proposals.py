@@ -177,37 +177,31 @@ def _serve() -> None:
         sys.stdout.buffer.flush()
 
 
-class _Helper:
-    """This process's selective-search helper: a single-threaded Python child kept across
-    units (started once per Ray worker), so only its own calls draw from its ``rand()``."""
-
-    proc: subprocess.Popen | None = None
-
-    @classmethod
-    def run(cls, url: str, mine: MineConfig) -> dict:
-        if cls.proc is None or cls.proc.poll() is not None:
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            env = dict(os.environ, OMP_NUM_THREADS="1",
-                       PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-            cls.proc = subprocess.Popen(
-                [sys.executable, "-c", "from mining.proposals import _serve; _serve()"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        try:
-            pickle.dump((url, mine), cls.proc.stdin)
-            cls.proc.stdin.flush()
-            ok, payload = pickle.load(cls.proc.stdout)
-        except (EOFError, OSError, pickle.UnpicklingError) as e:
-            cls.proc.kill()
-            cls.proc = None
-            raise RuntimeError(f"selective-search helper died on {url}: {e}") from e
-        if not ok:
-            raise RuntimeError(f"selective search of {url} failed in the helper:\n{payload}")
-        return payload
+_helper: subprocess.Popen | None = None  # this process's selective-search helper
 
 
 def propose_shard_isolated(url: str, mine: MineConfig) -> dict:
-    """:func:`propose_shard` in this process's single-threaded helper process."""
-    return _Helper.run(url, mine)
+    """:func:`propose_shard` in this process's helper: a single-threaded Python child kept
+    across units (one per Ray worker), so only its own calls draw from its ``rand()``."""
+    global _helper
+    if _helper is None or _helper.poll() is not None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+        _helper = subprocess.Popen(
+            [sys.executable, "-c", "from mining.proposals import _serve; _serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        pickle.dump((url, mine), _helper.stdin)
+        _helper.stdin.flush()
+        ok, payload = pickle.load(_helper.stdout)
+    except (EOFError, OSError, pickle.UnpicklingError) as e:
+        _helper.kill()
+        _helper = None
+        raise RuntimeError(f"selective-search helper died on {url}: {e}") from e
+    if not ok:
+        raise RuntimeError(f"selective search of {url} failed in the helper:\n{payload}")
+    return payload
 
 
 def proposals_unit(plan: Plan, sid: int) -> dict:

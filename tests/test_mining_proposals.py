@@ -115,3 +115,15 @@ def test_shard_proposals_in_the_helper_process(scene_shards):
     key, data, _ = next(iter_shard(url))
     here, raw, _ = propose(decode_array(data), mine, int(key))
     assert np.array_equal(r["boxes"][:r["counts"][0]], here) and r["raw_counts"][0] == raw
+
+
+def test_helper_errors_are_raised_and_a_dead_helper_is_replaced(scene_shards, tmp_path):
+    from mining import proposals
+
+    mine = MineConfig(min_box_size=24, ss_max_side=64)
+    with pytest.raises(RuntimeError, match="FileNotFoundError"):
+        propose_shard_isolated(str(tmp_path / "missing.tar"), mine)
+    proposals._helper.kill()
+    proposals._helper.wait()
+    r = propose_shard_isolated(os.path.join(scene_shards[0], "shard-000001.tar"), mine)
+    assert len(r["keys"]) == 24
