@@ -25,7 +25,6 @@ Layout of ``MINED``::
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hashlib
 import json
@@ -123,19 +122,15 @@ class Plan:
                 and FILES[stage].format(sid) in outputs}
 
     # --- keys
-    def shard_of(self, key: int) -> int:
-        """The input shard holding ``key`` (shards hold increasing, disjoint key ranges)."""
-        i = bisect.bisect_right(self.first_keys, int(key)) - 1
-        if i < 0:
-            raise KeyError(f"key {key} precedes every shard of {self.data}")
-        return self.shard_ids[i]
-
     def shards_of(self, keys: np.ndarray) -> np.ndarray:
-        """:meth:`shard_of` for an array of keys."""
+        """The input shards holding ``keys`` (shards hold increasing, disjoint key ranges)."""
         i = np.searchsorted(np.asarray(self.first_keys), np.asarray(keys), side="right") - 1
         if (i < 0).any():
             raise KeyError(f"keys precede every shard of {self.data}")
         return np.asarray(self.shard_ids)[i]
+
+    def shard_of(self, key: int) -> int:
+        return int(self.shards_of(np.array([key]))[0])
 
     @property
     def config_hash(self) -> str:
