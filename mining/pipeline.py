@@ -356,7 +356,7 @@ def run(cfg: Config, progress: bool = True) -> dict:
 def demo_step(shards: str, ckpt: str, out: str, overrides: list[str] | None = None) -> str:
     """Stage 2 of ``orl-fast demo``: mine the demo's shards with its Stage 1 model; returns out."""
     cfg = load_config("small", [f"data={shards}", f"ckpt={ckpt}", f"out={out}",
-                                "mine.ray_num_cpus=2", *(overrides or [])])
+                                *(overrides or [])])
     summary = run(cfg)
     print(f"[demo] mined {summary['pairs']['pairs']} RoI pairs for "
           f"{summary['pairs']['records']} images ({summary['proposals']['boxes_per_image']} "
