@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from typing import Self
 
@@ -31,8 +32,7 @@ def save_arrays(url: str, **arrays: np.ndarray) -> int:
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
                 zf.writestr(info, buf.getvalue())
-        with open(tmp, "rb") as f:
-            return f.seek(0, 2)
+        return os.path.getsize(tmp)
 
 
 def file_size(url: str) -> int:
