@@ -4,6 +4,8 @@ Every sub-command that takes a config accepts ``--config NAME|PATH`` (shipped: p
 dotted ``FIELD=VALUE`` overrides, e.g.::
 
     orl-fast ingest images/ shards/ ingest.shard_size=500
+    orl-fast mine --config paper data=shards/ ckpt=runs/stage1 out=mined/
+    orl-fast viz pairs mined/ --out viz/
     orl-fast pretrain --config paper data=shards/ out=runs/stage1 train.batch_size=256
     orl-fast train --config paper data=shards/ pairs=mined/ out=runs/stage3
     orl-fast config --config small train.epochs=2      # print the resolved config
@@ -42,6 +44,36 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         for kind, entry in sorted(report[section].items()):
             print(f"  {section} {kind}: {entry['count']}")
     print(f"shards, index.json and report.json in {args.out}")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from mining import pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    if args.address:
+        cfg.mine.ray_address = args.address
+    summary = pipeline.run(cfg, progress=not args.quiet)
+    print(json.dumps({"images": summary["images"], "records": summary["pairs"]["records"],
+                      "pairs": summary["pairs"]["pairs"],
+                      "boxes_per_image": summary["proposals"]["boxes_per_image"],
+                      "decode_failed": summary["decode_failed"]}))
+    if args.gt:
+        from mining.purity import pair_purity
+        from orl_fast import storage
+
+        purity = pair_purity(cfg.out, args.gt, cfg.data)
+        storage.atomic_write_json(storage.join(cfg.out, "purity.json"), purity)
+        print(json.dumps(purity))
+    print(f"pair shards, summary.json and manifest.json in {cfg.out}")
+    return 0
+
+
+def cmd_viz_pairs(args: argparse.Namespace) -> int:
+    from mining.viz import render_pairs
+
+    result = render_pairs(args.mined, args.out, args.data, top=args.top)
+    print(f"{result['pairs']} pairs: {result['html']}")
     return 0
 
 
@@ -101,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("mine", help="Stage 2: correspondence mining on Ray "
+                                    "(data=SHARDS ckpt=STAGE1 out=DIR)")
+    p.add_argument("--address", default="",
+                   help="join this Ray cluster (auto, host:port, ray://...) instead of a local one")
+    p.add_argument("--gt", default="", help="COCO instances.json: also write purity.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_mine)
+
+    p = sub.add_parser("viz", help="visualisations (HTML + PNG)")
+    viz = p.add_subparsers(dest="viz", required=True)
+    q = viz.add_parser("pairs", help="top-scoring mined inter-RoI pairs (paper Fig. 3)")
+    q.add_argument("mined", help="Stage 2 output directory")
+    q.add_argument("--out", required=True, help="output directory for index.html + PNGs")
+    q.add_argument("--data", default=None, help="image shards (default: the mined run's)")
+    q.add_argument("--top", type=int, default=48, help="pairs shown (default: %(default)s)")
+    q.set_defaults(func=cmd_viz_pairs)
 
     p = sub.add_parser("pretrain", help="Stage 1: image-level BYOL (data=SHARDS out=DIR)")
     _add_config_args(p)

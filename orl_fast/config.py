@@ -167,30 +167,71 @@ class IngestConfig:
 
 @dataclass
 class MineConfig:
-    """Stage 2: correspondence discovery (SPEC, Stage 2)."""
+    """Stage 2: correspondence discovery (SPEC, Stage 2). Defaults: paper / official ORL."""
 
+    # a/b. Image embeddings (projector output of the Stage 1 online network) and kNN.
     knn_k: int = 10
     knn_backend: Literal["torch", "faiss"] = "torch"
-    # Whole-image embedding input: resized to this square size.
+    # Query rows per block of the torch backend (mm + topk).
+    knn_block: int = 4096
+    # faiss index_factory string (inner product); "Flat" is exact, e.g. "IVF4096,Flat" for 10M+.
+    faiss_index: str = "Flat"
+    faiss_nprobe: int = 64
+    # Whole-image embedding input, this size square. center_crop: resize the shorter side to
+    # size x 256/224 then centre crop (official: Resize 256 + CenterCrop 224); resize: whole image.
     embed_size: int = 224
-    # Selective search on the image resized so its longer side is at most this (0: full size).
+    embed_view: Literal["center_crop", "resize"] = "center_crop"
+    # c. Selective search (OpenCV contrib) on the image resized so its longer side is at most
+    # this (0: full size, as the official code).
+    ss_mode: Literal["fast", "quality"] = "fast"
     ss_max_side: int = 0
+    # Filter, in original pixels: min(w, h) >= min_box_size, w/h in aspect_range, greedy IoU
+    # <= max_iou in selective-search order, at most max_boxes kept.
     min_box_size: int = 96
     aspect_range: tuple[float, float] = (1 / 3, 3.0)
     max_iou: float = 0.5
     max_boxes: int = 100
+    # d. RoI crops resized to this square size for the backbone (2048-d pooled on ResNet-50).
     roi_size: int = 224
-    # Top N% of the query's RoIs kept as pairs per (query, neighbour).
+    # e. Top N% of the query's RoIs kept as pairs per (query, neighbour): int(frac x boxes), >= 1.
     topn_frac: float = 0.1
+    # Model workers: bf16 autocast and channels_last apply on CUDA; CPU runs in fp32.
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    precision: Literal["bf16", "fp32"] = "bf16"
+    compile: bool = False
+    # Crops per forward pass (whole images and RoIs).
+    batch_size: int = 256
+    # Where units run: "ray", or "local" (one after another in this process: debugging).
+    executor: Literal["ray", "local"] = "ray"
+    # "" starts a private local Ray on 127.0.0.1 (no dashboard) unless RAY_ADDRESS is set (a Ray
+    # job); "auto", host:port or ray://... joins a running cluster.
+    ray_address: str = ""
+    # Local Ray only: CPUs (0: all cores) and object store size.
+    ray_num_cpus: int = 0
+    ray_object_store_mb: int = 256
+    # Model actors: per GPU when the cluster has GPUs (and device is not cpu), else cpu_actors.
+    actors_per_gpu: int = 1
+    cpu_actors: int = 1
+    # CPUs reserved by each model actor (torch threads on CPU, image decoding on GPU).
+    actor_cpus: int = 1
+    # Retries of a failed task / restarts of a dead actor (a failed unit is redone from scratch).
+    max_retries: int = 3
 
     def validate(self, p: str) -> None:
-        _positive(p, self, "knn_k", "embed_size", "min_box_size", "max_boxes", "roi_size")
-        _non_negative(p, self, "ss_max_side")
+        _positive(p, self, "knn_k", "knn_block", "faiss_nprobe", "embed_size", "min_box_size",
+                  "max_boxes", "roi_size", "batch_size", "ray_object_store_mb",
+                  "actors_per_gpu", "cpu_actors", "actor_cpus")
+        _non_negative(p, self, "ss_max_side", "ray_num_cpus", "max_retries")
         _ordered(p, self, "aspect_range", lo=0.0)
         if not 0 <= self.max_iou <= 1:
             raise ConfigError(f"{p}max_iou: must be in [0, 1], got {self.max_iou}")
         if not 0 < self.topn_frac <= 1:
             raise ConfigError(f"{p}topn_frac: must be in (0, 1], got {self.topn_frac}")
+        if not self.faiss_index.strip():
+            raise ConfigError(f"{p}faiss_index: must be a faiss index_factory string, e.g. Flat")
+        if self.ss_max_side and self.ss_max_side < 32:
+            raise ConfigError(f"{p}ss_max_side: must be 0 (full size) or >= 32, "
+                              f"got {self.ss_max_side}")
 
 
 @dataclass

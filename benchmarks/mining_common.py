@@ -1,0 +1,55 @@
+"""Shared set-up of the Stage 2 benchmarks: coco-mini shards, a Stage 1 checkpoint, the machine."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loaders.ingest import ingest
+from orl_fast import checkpoint
+from orl_fast.config import IngestConfig, load_config
+from orl_fast.models import BYOL
+
+OUT = ROOT / "benchmarks" / "out"
+COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
+
+
+def coco_shards(images: int, shard_size: int) -> str:
+    """The first ``images`` coco-mini images in shards of ``shard_size`` (made once, reused)."""
+    src = COCO_MINI / "images"
+    if not src.is_dir():
+        sys.exit(f"no data: {src} not found")
+    out = OUT / f"coco-mini-{images}-{shard_size}"
+    if not (out / "shards" / "index.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        names = sorted(os.listdir(src))[:images]
+        (out / "list.txt").write_text("".join(f"{src / n}\n" for n in names))
+        ingest(str(out / "list.txt"), str(out / "shards"),
+               IngestConfig(shard_size=shard_size, workers=1), progress=False)
+    return str(out / "shards")
+
+
+def random_stage1(config: str, overrides: list[str], name: str) -> str:
+    """A randomly initialised Stage 1 checkpoint (what mining reads) of ``config``'s model."""
+    out = OUT / f"stage1-{name}"
+    if not (out / "checkpoints" / "latest.json").exists():
+        cfg = load_config(config, overrides)
+        torch.manual_seed(0)
+        checkpoint.save(str(out), 0, {"stage": "stage1", "config": cfg.to_dict(),
+                                      "model": BYOL(cfg.model).state_dict()}, keep_last=1)
+    return str(out)
+
+
+def machine() -> dict:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return {"date": datetime.date.today().isoformat(),
+            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {gpu}",
+            "torch": torch.__version__}

@@ -1,0 +1,191 @@
+"""Stage 2 bookkeeping: output layout, per-stage hashes and the manifest of finished units.
+
+A unit is one stage applied to one input shard (the kNN stage is one unit per query shard too).
+Every unit writes its output atomically, then its record ``units/<stage>/<shard>.<hash>.json``
+(stats + seconds). A unit is done when that record exists for the current hash, so a rerun after
+kill -9 redoes only what had not finished, and its outputs are byte-identical to the first try.
+
+Each stage's hash covers what its output depends on and nothing else: the input shards' index,
+the Stage 1 checkpoint bytes (model stages), the :class:`MineConfig` fields the stage reads, the
+numerics (device kind, precision) and the hashes of the stages it reads. Changing ``topn_frac``
+redoes only the pairs; a new checkpoint keeps the selective-search proposals.
+
+Layout of ``MINED``::
+
+    manifest.json                 config, hashes, inputs, one entry per run (timings)
+    embeddings/emb-NNNNNN.npz     keys [n] int64, emb [n, D] float16 (L2-normalised projector out)
+    knn/knn-NNNNNN.npz            keys [n], neighbors [n, K] int64 keys, sims [n, K] float32
+    proposals/props-NNNNNN.npz    keys [n], size [n, 2] (w, h), counts [n], raw_counts [n],
+                                  boxes [sum(counts), 4] int16/int32 xywh (kept boxes only)
+    roi_embed/roi-NNNNNN.npy      [sum(counts), F] float16, L2-normalised pooled backbone features
+    pairs/pairs-NNNNNN.tar        {key}.pairs = mining.records.PairRecord, + .idx.npy, index.json
+    summary.json                  counts and histograms (deterministic)
+    units/<stage>/NNNNNN.<hash>.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from loaders.shards import INDEX_FILE, iter_shard
+from mining.records import EXT, PAIRS_DIR, PairRecord
+from orl_fast import checkpoint, storage
+from orl_fast.config import MineConfig
+
+FORMAT = "orl-fast-mine/1"
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+UNITS_DIR = "units"
+
+STAGES = ("embed", "proposals", "knn", "roi", "pairs")
+DIRS = {"embed": "embeddings", "knn": "knn", "proposals": "proposals", "roi": "roi_embed",
+        "pairs": PAIRS_DIR}
+FILES = {"embed": "emb-{:06d}.npz", "knn": "knn-{:06d}.npz", "proposals": "props-{:06d}.npz",
+         "roi": "roi-{:06d}.npy", "pairs": "pairs-{:06d}.tar"}
+# MineConfig fields each stage's output depends on; the others only change how it runs.
+STAGE_FIELDS = {
+    "embed": ("embed_size", "embed_view"),
+    "proposals": ("ss_mode", "ss_max_side", "min_box_size", "aspect_range", "max_iou",
+                  "max_boxes"),
+    "knn": ("knn_k", "knn_backend", "faiss_index", "faiss_nprobe"),
+    "roi": ("roi_size",),
+    "pairs": ("topn_frac",),
+}
+_SHARD_ID = re.compile(r"(\d+)\.tar$")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_sha256(url: str) -> str:
+    h = hashlib.sha256()
+    with storage.open_file(url, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Plan:
+    """Everything a unit needs to know (picklable: sent to Ray workers)."""
+
+    out: str
+    data: str
+    ckpt: str                       # resolved checkpoint file
+    mine: MineConfig
+    device: str                     # "cuda" or "cpu": where the model stages run
+    shard_ids: list[int]            # input shards with images, in order
+    shard_names: list[str]
+    first_keys: list[int]
+    hashes: dict[str, str]
+    inputs: dict[str, str]
+
+    # --- paths
+    def dir(self, stage: str) -> str:
+        return storage.join(self.out, DIRS[stage])
+
+    def path(self, stage: str, sid: int) -> str:
+        return storage.join(self.dir(stage), FILES[stage].format(sid))
+
+    def data_shard(self, sid: int) -> str:
+        return storage.join(self.data, self.shard_names[self.shard_ids.index(sid)])
+
+    def _record_name(self, stage: str, sid: int) -> str:
+        return f"{sid:06d}.{self.hashes[stage]}.json"
+
+    def record_url(self, stage: str, sid: int) -> str:
+        return storage.join(self.out, UNITS_DIR, stage, self._record_name(stage, sid))
+
+    # --- units
+    def write_record(self, stage: str, sid: int, stats: dict, seconds: float) -> None:
+        storage.atomic_write_json(self.record_url(stage, sid), {
+            "stage": stage, "shard": sid, "hash": self.hashes[stage], "stats": stats,
+            "seconds": round(seconds, 3)})
+
+    def read_record(self, stage: str, sid: int) -> dict:
+        return storage.read_json(self.record_url(stage, sid))
+
+    def done(self, stage: str) -> set[int]:
+        """Shards whose ``stage`` unit finished with the current hash (record and output exist)."""
+        records = set(storage.listdir(storage.join(self.out, UNITS_DIR, stage)))
+        outputs = set(storage.listdir(self.dir(stage)))
+        return {sid for sid in self.shard_ids
+                if self._record_name(stage, sid) in records
+                and FILES[stage].format(sid) in outputs}
+
+    # --- keys
+    def shards_of(self, keys: np.ndarray) -> np.ndarray:
+        """The input shards holding ``keys`` (shards hold increasing, disjoint key ranges)."""
+        i = np.searchsorted(np.asarray(self.first_keys), np.asarray(keys), side="right") - 1
+        if (i < 0).any():
+            raise KeyError(f"keys precede every shard of {self.data}")
+        return np.asarray(self.shard_ids)[i]
+
+    def shard_of(self, key: int) -> int:
+        return int(self.shards_of(np.array([key]))[0])
+
+    @property
+    def config_hash(self) -> str:
+        return _digest([self.hashes[s] for s in STAGES])
+
+
+def data_of(mined: str) -> str:
+    """The image shards a mined directory was made from (its manifest)."""
+    return storage.read_json(storage.join(mined, MANIFEST))["inputs"]["data"]
+
+
+def iter_records(mined: str) -> Iterator[PairRecord]:
+    """Every pair record of a mined directory, in key order (streaming, shard by shard)."""
+    root = storage.join(mined, PAIRS_DIR)
+    for entry in storage.read_json(storage.join(root, INDEX_FILE))["shards"]:
+        for _, data, _ in iter_shard(storage.join(root, entry["name"]), ext=EXT):
+            yield PairRecord.decode(data)
+
+
+def shard_id(name: str) -> int:
+    m = _SHARD_ID.search(name)
+    if not m:
+        raise ValueError(f"shard name {name!r} does not end in a number + .tar")
+    return int(m.group(1))
+
+
+def make_plan(out: str, data: str, ckpt: str, mine: MineConfig, device: str) -> Plan:
+    """Resolve the inputs and compute the stage hashes (reads index.json and the checkpoint)."""
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be cuda or cpu, got {device!r}")
+    index_bytes = storage.read_bytes(storage.join(data, INDEX_FILE))
+    index = json.loads(index_bytes)
+    shards = [s for s in index["shards"] if s["count"] > 0]
+    ckpt_file = checkpoint.resolve(ckpt)
+    if ckpt_file is None:
+        raise FileNotFoundError(f"no checkpoint at {ckpt!r} (expected a .pt file or a run dir)")
+    inputs = {"data": data, "data_index_sha256": hashlib.sha256(index_bytes).hexdigest(),
+              "ckpt": ckpt_file, "ckpt_sha256": file_sha256(ckpt_file)}
+    fields = dataclasses.asdict(mine)
+    numerics = {"device": device,
+                "precision": mine.precision if device == "cuda" else "fp32",
+                "compile": mine.compile and device == "cuda"}
+
+    def stage_hash(stage: str, *upstream, model: bool = False) -> str:
+        return _digest({"format": FORMAT, "stage": stage,
+                        "fields": {f: fields[f] for f in STAGE_FIELDS[stage]},
+                        "upstream": list(upstream),
+                        "model": [inputs["ckpt_sha256"], numerics] if model else None})
+
+    hashes = {"embed": stage_hash("embed", inputs["data_index_sha256"], model=True),
+              "proposals": stage_hash("proposals", inputs["data_index_sha256"])}
+    hashes["knn"] = stage_hash("knn", hashes["embed"])
+    hashes["roi"] = stage_hash("roi", hashes["proposals"], model=True)
+    hashes["pairs"] = stage_hash("pairs", hashes["knn"], hashes["roi"])
+    return Plan(out=out, data=data, ckpt=ckpt_file, mine=mine, device=device,
+                shard_ids=[shard_id(s["name"]) for s in shards],
+                shard_names=[s["name"] for s in shards],
+                first_keys=[s["first_key"] for s in shards], hashes=hashes, inputs=inputs)

@@ -1,0 +1,364 @@
+"""Stage 2 orchestration: per-shard units on Ray, streamed, resumable (``orl-fast mine``).
+
+Units and where they run::
+
+    proposals(j)  CPU task, one core: selective search + filter of input shard j
+    embed(j)      model actor (GPU when the cluster has one): whole-image embeddings of shard j
+    knn(J)        model actor, once every embed unit is done: one output per query shard in J
+    roi(j)        model actor, after proposals(j): RoI embeddings of shard j
+    pairs(j)      CPU task, after knn(j) and roi(j') for j and every shard j' holding one of
+                  shard j's neighbours: pair records of shard j
+
+The driver keeps a bounded number of units in flight per lane (CPU tasks, model actors), hands
+each the :class:`~mining.manifest.Plan` through the object store once, and receives only small
+stats dicts; data goes through storage (``MINED`` must be reachable from every node: a shared
+file system or an object store URL). Each unit writes its outputs and then its record, so a task
+that dies is retried by Ray (``max_retries``), an actor that dies is restarted with its model and
+its task redone, and a killed run resumes where it stopped, with byte-identical output.
+
+``mine.executor=local`` runs the same units one by one in this process (debugging, tiny sets).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+from loaders.shards import write_index
+from mining import embed, knn, proposals, roi_embed, roi_pairs
+from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, make_plan
+from mining.ray_runtime import ray_session
+from mining.summary import build_summary
+from orl_fast import storage
+from orl_fast.config import Config, ConfigError, MineConfig, load_config
+
+MODEL_STAGES = ("embed", "knn", "roi")
+MODEL_INFLIGHT = 2  # queued units per model actor: the next one is ready when one finishes
+
+
+class UnitFailed(RuntimeError):
+    pass
+
+
+class Miner:
+    """A model worker: the Stage 1 encoder on one device, running embed / knn / roi units."""
+
+    def __init__(self, plan: Plan, threads: int):
+        self.plan, self.threads = plan, threads
+        self.runner = embed.ModelRunner(plan.ckpt, plan.mine, plan.device, threads)
+
+    def embed(self, sid: int) -> dict:
+        return embed.embed_unit(self.plan, sid, self.runner)
+
+    def roi(self, sid: int) -> dict:
+        return roi_embed.roi_unit(self.plan, sid, self.runner)
+
+    def knn(self, sids: list[int]) -> dict:
+        return knn.knn_unit(self.plan, sids, self.plan.device, self.threads)
+
+
+_CPU_UNITS = {"proposals": proposals.proposals_unit, "pairs": roi_pairs.pairs_unit}
+
+
+# ----------------------------------------------------------------------------- executors
+
+
+class LocalExecutor:
+    """Runs every unit at submission, in this process."""
+
+    cpu_slots = model_slots = 1
+
+    def __init__(self, plan: Plan):
+        import torch
+
+        self.plan = plan
+        self._threads = torch.get_num_threads()  # the model worker sets its own: restored
+        self._miner: Miner | None = None
+        self._results: collections.deque = collections.deque()
+        self._next = 0
+
+    def submit(self, stage: str, arg: Any) -> int:
+        try:
+            if stage in _CPU_UNITS:
+                result = _CPU_UNITS[stage](self.plan, arg)
+            else:
+                if self._miner is None:
+                    self._miner = Miner(self.plan, self.plan.mine.actor_cpus)
+                result = getattr(self._miner, stage)(arg)
+        except Exception as e:
+            raise UnitFailed(f"{stage} unit {arg} failed: {type(e).__name__}: {e}") from e
+        self._next += 1
+        self._results.append((self._next, result))
+        return self._next
+
+    def wait(self, pending) -> tuple[int, Any]:
+        return self._results.popleft()
+
+    def release_models(self) -> None:
+        import torch
+
+        self._miner = None
+        torch.set_num_threads(self._threads)
+
+    def close(self) -> None:
+        self.release_models()
+
+
+class RayExecutor:
+    """CPU units as Ray tasks (one core each), model units on a pool of ``Miner`` actors."""
+
+    def __init__(self, plan: Plan):
+        import ray
+
+        self.ray = ray
+        m = plan.mine
+        self.plan, self.plan_ref = plan, ray.put(plan)
+        resources = ray.cluster_resources()
+        self.cpus = int(resources.get("CPU", 1))
+        self.cpu_slots = 2 * self.cpus
+        self._tasks = {stage: ray.remote(fn).options(
+            num_cpus=1, max_retries=m.max_retries, retry_exceptions=True, name=stage)
+            for stage, fn in _CPU_UNITS.items()}
+        if plan.device == "cuda":
+            n = int(resources.get("GPU", 0) * m.actors_per_gpu)
+            opts = {"num_gpus": 1 / m.actors_per_gpu}
+        else:
+            n, opts = m.cpu_actors, {}
+            if n * m.actor_cpus >= self.cpus:
+                raise ConfigError(
+                    f"mine.cpu_actors x mine.actor_cpus = {n * m.actor_cpus} must leave at least "
+                    f"one of the cluster's {self.cpus} CPUs to the selective-search tasks")
+        self._actor_cls = ray.remote(Miner).options(
+            num_cpus=m.actor_cpus, max_restarts=m.max_retries, max_task_retries=m.max_retries,
+            **opts)
+        self._n_actors = max(1, n)
+        self._actors: list | None = None
+        self._load: dict[int, int] = {}
+        self._owner: dict = {}
+        self.model_slots = MODEL_INFLIGHT * self._n_actors
+        self.threads = m.actor_cpus
+
+    def submit(self, stage: str, arg: Any):
+        if stage in self._tasks:
+            ref = self._tasks[stage].remote(self.plan_ref, arg)
+        else:
+            if self._actors is None:
+                # The plan by value: a restarted actor must not depend on an object ref.
+                self._actors = [self._actor_cls.remote(self.plan, self.threads)
+                                for _ in range(self._n_actors)]
+                self._load = dict.fromkeys(range(self._n_actors), 0)
+            i = min(self._load, key=self._load.get)
+            method = getattr(self._actors[i], stage).options(retry_exceptions=True)
+            ref = method.remote(arg)
+            self._load[i] += 1
+            self._owner[ref] = i
+        return ref
+
+    def wait(self, pending) -> tuple[Any, Any]:
+        [ref], _ = self.ray.wait(list(pending), num_returns=1)
+        i = self._owner.pop(ref, None)
+        if i is not None:
+            self._load[i] -= 1
+        try:
+            return ref, self.ray.get(ref)
+        except Exception as e:
+            stage, arg = pending[ref]
+            raise UnitFailed(f"{stage} unit {arg} failed after retries: {e}") from e
+
+    def release_models(self) -> None:
+        for a in self._actors or []:
+            self.ray.kill(a)
+        self._actors = None
+
+    def close(self) -> None:
+        self.release_models()
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+
+class Scheduler:
+    """Dependency-driven dispatch of the units that are not done yet."""
+
+    def __init__(self, plan: Plan, executor, progress: bool = True):
+        self.plan, self.ex = plan, executor
+        self.done = {stage: plan.done(stage) for stage in STAGES}
+        self.todo = {stage: set(plan.shard_ids) - self.done[stage] for stage in STAGES}
+        self.skipped = {stage: len(self.done[stage]) for stage in STAGES}
+        self.ready_cpu: collections.deque = collections.deque()
+        self.ready_model: collections.deque = collections.deque()
+        self.pending: dict[Any, tuple[str, Any]] = {}
+        self.pair_deps: dict[int, set[int]] = {}
+        self.knn_submitted = False
+        self.bar = tqdm(total=sum(len(t) for t in self.todo.values()), desc="mine",
+                        unit="unit", disable=not progress)
+
+    # --- readiness
+    def _queue(self, stage: str, arg: Any) -> None:
+        (self.ready_model if stage in MODEL_STAGES else self.ready_cpu).append((stage, arg))
+
+    def _start(self) -> None:
+        for sid in sorted(self.todo["proposals"]):
+            self._queue("proposals", sid)
+        for sid in sorted(self.todo["embed"]):
+            self._queue("embed", sid)
+        for sid in sorted(self.todo["roi"] & self.done["proposals"]):
+            self._queue("roi", sid)
+        self._maybe_knn()
+        for sid in sorted(self.done["knn"]):
+            self._knn_done(sid)
+
+    def _maybe_knn(self) -> None:
+        if not self.knn_submitted and self.todo["knn"] and not self.todo["embed"]:
+            self.knn_submitted = True
+            # Query shards in one unit: the bank is loaded once.
+            self.ready_model.appendleft(("knn", sorted(self.todo["knn"])))
+
+    def _knn_done(self, sid: int) -> None:
+        if sid not in self.todo["pairs"]:
+            return
+        stats = self.plan.read_record("knn", sid)["stats"]
+        self.pair_deps[sid] = {sid, *stats["neighbor_shards"]}
+        self._maybe_pairs(sid)
+
+    def _maybe_pairs(self, sid: int) -> None:
+        deps = self.pair_deps.get(sid)
+        if deps is not None and deps <= self.done["roi"]:
+            del self.pair_deps[sid]
+            self._queue("pairs", sid)
+
+    def _finished(self, stage: str, sid: int) -> None:
+        self.todo[stage].discard(sid)
+        self.done[stage].add(sid)
+        self.bar.update()
+        if stage == "proposals" and sid in self.todo["roi"]:
+            self._queue("roi", sid)
+        elif stage == "embed":
+            self._maybe_knn()
+        elif stage == "knn":
+            self._knn_done(sid)
+        elif stage == "roi":
+            for waiting in list(self.pair_deps):
+                self._maybe_pairs(waiting)
+
+    # --- loop
+    def _dispatch(self) -> None:
+        lanes = ((self.ready_cpu, self.ex.cpu_slots, lambda s: s not in MODEL_STAGES),
+                 (self.ready_model, self.ex.model_slots, lambda s: s in MODEL_STAGES))
+        for ready, slots, in_lane in lanes:
+            busy = sum(in_lane(stage) for stage, _ in self.pending.values())
+            while ready and busy < slots:
+                stage, arg = ready.popleft()
+                self.pending[self.ex.submit(stage, arg)] = (stage, arg)
+                busy += 1
+
+    def run(self) -> None:
+        self._start()
+        while any(self.todo.values()):
+            self._dispatch()
+            if not self.pending:
+                raise RuntimeError(f"mining stalled with units left: "
+                                   f"{ {s: sorted(t) for s, t in self.todo.items() if t} }")
+            handle, _ = self.ex.wait(self.pending)
+            stage, arg = self.pending.pop(handle)
+            for sid in (arg if stage == "knn" else [arg]):
+                self._finished(stage, sid)
+            if not any(self.todo[s] for s in MODEL_STAGES):
+                self.ex.release_models()
+        self.bar.close()
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _absolute(url: str) -> str:
+    return url if "://" in url else os.path.abspath(url)
+
+
+def _device(mine: MineConfig) -> str:
+    """Where model units run: cuda when asked or available (on the Ray cluster), else cpu."""
+    if mine.executor == "ray":
+        import ray
+
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    else:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    if mine.device == "cuda" and not has_gpu:
+        raise ConfigError("mine.device: cuda requested but no GPU is available "
+                          f"({'on the Ray cluster' if mine.executor == 'ray' else 'here'})")
+    return "cuda" if has_gpu and mine.device != "cpu" else "cpu"
+
+
+def _write_manifest(plan: Plan, cfg: Config, run: dict | None) -> None:
+    """manifest.json: what this directory is mined from and with; one entry per finished run.
+
+    Written when a run starts (status "running") and when it ends ("complete")."""
+    url = storage.join(plan.out, MANIFEST)
+    runs = storage.read_json(url).get("runs", []) if storage.exists(url) else []
+    storage.atomic_write_json(url, {
+        "status": "running" if run is None else "complete",
+        "config_hash": plan.config_hash, "hashes": plan.hashes, "inputs": plan.inputs,
+        "device": plan.device, "config": {"mine": cfg.to_dict()["mine"]},
+        "runs": runs if run is None else [*runs, run]})
+
+
+def finalize(plan: Plan) -> dict:
+    """pairs/index.json and summary.json from the unit records (all units done).
+
+    Also removes temporary files that killed workers left (no unit is running any more)."""
+    for stage in STAGES:
+        storage.remove_stale_temporaries(plan.dir(stage))
+    write_index(plan.dir("pairs"),
+                [plan.read_record("pairs", sid)["stats"]["index"] for sid in plan.shard_ids])
+    summary = build_summary(plan)
+    storage.atomic_write_json(storage.join(plan.out, SUMMARY), summary)
+    return summary
+
+
+def run(cfg: Config, progress: bool = True) -> dict:
+    """Mine ``cfg.data`` with the Stage 1 model ``cfg.ckpt`` into ``cfg.out``; returns the summary."""
+    for name in ("data", "ckpt", "out"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"{name}: required (pass {name}=PATH)")
+    t0 = time.time()
+    mine = cfg.mine
+    with ray_session(mine) if mine.executor == "ray" else contextlib.nullcontext():
+        plan = make_plan(_absolute(cfg.out), _absolute(cfg.data), _absolute(cfg.ckpt), mine,
+                         _device(mine))
+        for stage in STAGES:
+            storage.makedirs(plan.dir(stage))
+            storage.remove_stale_temporaries(plan.dir(stage))
+        _write_manifest(plan, cfg, None)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        ex = RayExecutor(plan) if mine.executor == "ray" else LocalExecutor(plan)
+        sched = Scheduler(plan, ex, progress)
+        try:
+            sched.run()
+        finally:
+            ex.close()
+    summary = finalize(plan)
+    seconds = {stage: round(sum(plan.read_record(stage, sid)["seconds"]
+                                for sid in plan.shard_ids), 2) for stage in STAGES}
+    _write_manifest(plan, cfg, {
+        "started": started, "wall_seconds": round(time.time() - t0, 2), "device": plan.device,
+        "executor": mine.executor, "units_skipped": sched.skipped,
+        "unit_seconds": seconds})
+    return summary
+
+
+def demo_step(shards: str, ckpt: str, out: str, overrides: list[str] | None = None) -> str:
+    """Stage 2 of ``orl-fast demo``: mine the demo's shards with its Stage 1 model; returns out."""
+    cfg = load_config("small", [f"data={shards}", f"ckpt={ckpt}", f"out={out}",
+                                *(overrides or [])])
+    summary = run(cfg)
+    print(f"[demo] mined {summary['pairs']['pairs']} RoI pairs for "
+          f"{summary['pairs']['records']} images ({summary['proposals']['boxes_per_image']} "
+          f"boxes/image, {summary['decode_failed']['embed']} undecodable)")
+    return out

@@ -1,0 +1,104 @@
+"""e. Top-ranked RoI pair retrieval: per (query, neighbour), the top N% of the query's RoIs.
+
+For query image x and neighbour N_k the similarity matrix M_k = cos(RoIs(x), RoIs(N_k)) holds
+every (query box, neighbour box) pair; the ``max(1, int(topn_frac x boxes(x)))`` highest entries
+are kept (the official ``topk`` over the flattened matrix, so a query box may pair with several
+neighbour boxes). Ties keep the lower (query, neighbour) index first.
+
+A pair unit writes ``pairs/pairs-{shard}.tar``: one :class:`mining.records.PairRecord` per
+query image of the input shard, read by Stage 3 through ``mining.records.open_pairs``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from loaders.shards import format_key, idx_name, shard_summary, write_idx, write_shard
+from mining.arrays import file_size, load_arrays
+from mining.manifest import Plan
+from mining.proposals import ProposalStore
+from mining.records import EXT, PairRecord, pair_shard_name
+from mining.roi_embed import RoiStore
+from mining.summary import count_hist, sim_hist
+from orl_fast import storage
+
+
+def top_pairs(sim: np.ndarray, frac: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query rows, neighbour rows, scores) of the top ``max(1, int(frac x rows))`` entries."""
+    rows, cols = sim.shape
+    if rows == 0 or cols == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, sim.dtype)
+    n = min(max(1, int(frac * rows)), rows * cols)
+    flat = sim.ravel()
+    kth = np.partition(flat, flat.size - n)[flat.size - n]          # the n-th largest value
+    cand = np.flatnonzero(flat >= kth)                               # ascending flat index
+    order = cand[np.argsort(-flat[cand], kind="stable")[:n]]
+    qi, ki = np.divmod(order, cols)
+    return qi, ki, flat[order]
+
+
+def _cat(parts: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(empty_shape)
+
+
+def pairs_unit(plan: Plan, sid: int) -> dict:
+    """Pair records of the query images of input shard ``sid`` (CPU)."""
+    t0 = time.time()
+    knn = load_arrays(plan.path("knn", sid))
+    props, rois = ProposalStore(plan), RoiStore(plan)
+    frac = plan.mine.topn_frac
+    stats = {"records": 0, "pairs": 0, "neighbors_without_pairs": 0,
+             "queries_without_proposals": 0}
+    per_record: list[int] = []
+    scores: list[np.ndarray] = []
+
+    def records():
+        for key, nbrs, nsims in zip(knn["keys"], knn["neighbors"], knn["sims"]):
+            q = props.locate(int(key))
+            if q is None:  # did not decode for selective search: no record (whole image later)
+                stats["queries_without_proposals"] += 1
+                continue
+            qsid, qstart, qcount, width, height = q
+            qboxes = props.boxes(qsid, qstart, qcount)
+            qemb = rois.rows(qsid, qstart, qcount)
+            valid = nbrs >= 0
+            nbrs, nsims = nbrs[valid], nsims[valid]
+            slot, qbox, nbox, score = [], [], [], []
+            for k, nkey in enumerate(nbrs):
+                n = props.locate(int(nkey))
+                if n is None:
+                    stats["neighbors_without_pairs"] += 1
+                    continue
+                nsid, nstart, ncount, _, _ = n
+                qi, ki, sc = top_pairs(qemb @ rois.rows(nsid, nstart, ncount).T, frac)
+                slot.append(np.full(len(qi), k))
+                qbox.append(qboxes[qi])
+                nbox.append(props.boxes(nsid, nstart, ncount)[ki])
+                score.append(sc)
+            record = PairRecord(
+                int(key), width, height, boxes=qboxes, neighbors=nbrs, neighbor_sims=nsims,
+                pair_neighbor=_cat(slot, (0,)), pair_query_box=_cat(qbox, (0, 4)),
+                pair_neighbor_box=_cat(nbox, (0, 4)), pair_score=_cat(score, (0,)))
+            stats["records"] += 1
+            stats["pairs"] += len(record.pair_score)
+            per_record.append(len(record.pair_score))
+            scores.append(record.pair_score)
+            yield format_key(int(key)), record.encode(), None
+
+    name = pair_shard_name(sid)
+    url = plan.path("pairs", sid)
+    idx_url = storage.join(plan.dir("pairs"), idx_name(name))
+    rows = write_shard(url, records(), ext=EXT)
+    write_idx(idx_url, rows)
+    rois.close()
+    stats.update({
+        "pairs_per_record_hist": count_hist(per_record),
+        "score_hist": sim_hist(_cat(scores, (0,))),
+        "bytes": file_size(url) + file_size(idx_url),
+        "index": shard_summary(name, rows),
+    })
+    plan.write_record("pairs", sid, stats, time.time() - t0)
+    return stats
