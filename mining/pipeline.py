@@ -359,6 +359,6 @@ def demo_step(shards: str, ckpt: str, out: str, overrides: list[str] | None = No
                                 *(overrides or [])])
     summary = run(cfg)
     print(f"[demo] mined {summary['pairs']['pairs']} RoI pairs for "
-          f"{summary['pairs']['records']} images ({summary['proposals']['boxes_per_image']} "
+          f"{summary['pairs']['records']} images ({summary['proposals']['boxes_per_image']:.1f} "
           f"boxes/image, {summary['decode_failed']['embed']} undecodable)")
     return out

@@ -1,8 +1,9 @@
 """``orl-fast demo``: the pipeline, small, on generated scenes (no downloads, CPU, minutes).
 
 Generates scenes with known objects (loaders.synthetic), ingests them into shards, runs a short
-Stage 1 with the ``small`` config, mines RoI pairs with it (Stage 2, on a local Ray) and scores
-them against the scenes' ground truth; prints where every output is.
+Stage 1 with the ``small`` config, mines RoI pairs with it (Stage 2, on a local Ray), scores them
+against the scenes' ground truth, and runs a short Stage 3 from the Stage 1 weights; prints where
+every output is.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from loaders.ingest import ingest
 from loaders.synthetic import write_scenes
 from mining.pipeline import demo_step
 from mining.purity import pair_purity
-from orl_fast import stage1
+from orl_fast import stage1, stage3
 from orl_fast.config import load_config
 
 
@@ -40,6 +41,9 @@ def run(out: str, num_images: int = 128, epochs: int = 5) -> dict[str, str]:
     p = pair_purity(mined, instances, shards)
     print(f"[demo] pair purity {p['pair_purity']:.3f} (random pairs of kept boxes: "
           f"{p['random_pair_purity']:.3f}); kept boxes matching an object: {p['box_gt_match']:.3f}")
+    print("[demo] stage 3: ORL (image + intra-RoI + inter-RoI), initialised from Stage 1")
+    orl_ckpt = stage3.demo_step(shards, mined, os.path.join(out, "stage3"), stage1_ckpt=ckpt,
+                                overrides=(f"train.epochs={epochs}",))
     outputs = {
         "scenes (images + COCO instances.json)": os.path.dirname(images),
         "shards (index.json, report.json)": shards,
@@ -47,9 +51,10 @@ def run(out: str, num_images: int = 128, epochs: int = 5) -> dict[str, str]:
         "stage 1 checkpoint": ckpt,
         "stage 2 mined pairs (pairs/, summary.json, manifest.json)": mined,
         "stage 2 top pairs": f"orl-fast viz pairs {mined} --out {out}/viz",
+        "stage 3 checkpoint": orl_ckpt,
     }
     print(f"[demo] done in {time.time() - t0:.0f} s. Outputs:")
     for what, where in outputs.items():
         print(f"  {what}: {where}")
-    print(f"  TensorBoard: tensorboard --logdir {cfg.out}/tb")
+    print(f"  TensorBoard: tensorboard --logdir {out}")
     return outputs
