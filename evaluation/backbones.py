@@ -58,7 +58,8 @@ def random_init(arch: str, seed: int) -> Weights:
 def load(path: str, arch: str = "resnet50") -> Weights:
     """An orl-fast checkpoint (file or run directory; its config names the architecture) or a
     torchvision ResNet state dict file (``arch`` names it; ``fc.*`` is dropped)."""
-    resolved = checkpoint.resolve(path)
+    fs, fs_path = storage.url_to_fs(path)
+    resolved = path if fs.isfile(fs_path) else checkpoint.resolve(path)
     if resolved is None:
         raise FileNotFoundError(f"no checkpoint at {path!r} (expected an orl-fast checkpoint, "
                                 "its run directory, or a torchvision state dict file)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from orl_fast.config import ConfigError, load_config
 
@@ -94,8 +95,10 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 def _label(w) -> str:
+    """"BYOL (stage 1): RUN" / "ORL (stage 3): RUN", RUN the run directory's name."""
+    path = w.source.split("/checkpoints/")[0] if "/checkpoints/" in w.source else w.source
     name = {"stage1": "BYOL (stage 1)", "stage3": "ORL (stage 3)"}.get(w.stage)
-    return name or w.source
+    return f"{name}: {os.path.basename(path)}" if name else os.path.basename(path)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

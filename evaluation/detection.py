@@ -293,11 +293,14 @@ def train(weights: Weights, data: DetectionData, cfg: Config, out: str, rt: Runt
         model = convert_sync_batchnorm(model, rt.device).to(rt.device)
     optimizer = make_optimizer(model, dc, sched.base_lr)
     it = 0
+    # The RPN / RoI samplers draw from torch's RNG: seeded per rank, restored on resume.
+    torch.manual_seed(ec.seed * 1_000_003 + rt.rank)
     resumed = checkpoint.resolve(out) if storage.exists(checkpoint.ckpt_dir(out)) else None
     if resumed:
         state = checkpoint.load(resumed, map_location=rt.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"])
         it = state["step"]
         if rt.is_main and progress:
             print(f"[detection] {weights.name}: resumed from {resumed} at iteration {it}/{stop}")
@@ -386,9 +389,11 @@ def precise_bn(model: nn.Module, dataset: CocoInstances, dc: DetectionConfig, rt
     sampler = StepBatchSampler(len(dataset), dc.batch_size, rt.rank, rt.world_size,
                                seed=1_000_003, start_step=0, stop_step=dc.precise_bn_iters)
     model.train()
-    for images, targets in make_loader(dataset, sampler, 0, False, collate_fn=collate):
-        with autocast:
-            model([im.to(rt.device) for im in images], [_to(t, rt.device) for t in targets])
+    with torch.random.fork_rng(devices=[rt.device.index] if rt.device.type == "cuda" else []):
+        torch.manual_seed(1_000_003 + rt.rank)  # the RoI sampling, hence the statistics
+        for images, targets in make_loader(dataset, sampler, 0, False, collate_fn=collate):
+            with autocast:
+                model([im.to(rt.device) for im in images], [_to(t, rt.device) for t in targets])
     for m, momentum in zip(bns, saved):
         m.momentum = momentum
 
@@ -454,7 +459,6 @@ def run(cfg: Config, train_json: str, val_json: str | None, out: str,
     validation set; rank 0 writes ``OUT/detection.json|md``. Works under torchrun (DDP)."""
     dc, ec = cfg.eval.detection, cfg.eval
     rt = init_runtime(ec.device)
-    torch.manual_seed(ec.seed)
     data = load_data(train_json, val_json, dc.masks, ec.holdout_frac, ec.seed, train_images,
                      val_images)
     results = {}
