@@ -87,24 +87,22 @@ def run(task: str, cfg: Config, data: str, train: str, test: str | None, out: st
 
 def _headline(task: str, r: dict) -> str:
     if task == "lowshot":
-        return " ".join(f"n={n}: {report.fmt(v['mAP_mean'])}" for n, v in r.items()
-                        if n != "seconds")
+        return " ".join(f"n={n}: {report.fmt(v['mAP_mean'])}" for n, v in r["shots"].items())
     s = f"mAP {report.fmt(r['mAP'])}"
     return s + (f", top-1 {report.fmt(r['top1'])}" if "top1" in r else "")
 
 
 def markdown(rep: dict) -> str:
     task, results = rep["task"], rep["results"]
-    lines = [f"# {rep['protocol']['task']}\n", f"{rep['dataset']['split']}.\n",
-             f"Train: {rep['dataset']['train']['images']} images, test: "
-             f"{rep['dataset']['test']['images']} images; features {rep['features']['layers']} "
-             f"({rep['features']['pooling']} pooling, resize {rep['features']['resize']}, "
-             f"crop {rep['features']['crop']}).\n"]
+    feats, data = rep["features"], rep["dataset"]
+    lines = [f"# {rep['protocol']['task']}\n", f"{data['split']}.\n",
+             (f"Train: {data['train']['images']} images, test: {data['test']['images']} images; "
+              f"features {feats['layers']} ({feats['pooling']} pooling, resize {feats['resize']}, "
+              f"crop {feats['crop']}).\n")]
     if task == "lowshot":
-        shots = [n for n in next(iter(results.values()))["layers"][rep["features"]["layers"][0]]
-                 if n != "seconds"]
-        rows = [[name, layer] + [f"{report.fmt(r[n]['mAP_mean'])} ± {report.fmt(r[n]['mAP_std'])}"
-                                 for n in shots]
+        shots = [str(n) for n in rep["protocol"]["shots"]]
+        rows = [[name, layer] + [f"{report.fmt(r['shots'][n]['mAP_mean'])} ± "
+                                 f"{report.fmt(r['shots'][n]['mAP_std'])}" for n in shots]
                 for name, res in results.items() for layer, r in res["layers"].items()]
         lines.append(report.table(["weights", "layer"] + [f"n={n}" for n in shots], rows))
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from orl_fast.config import ConfigError, load_config
 
@@ -44,7 +45,7 @@ def cmd_classification(args: argparse.Namespace) -> int:
         raise ConfigError("--data: required unless --train is a COCO .json file")
     rep = classification.run(args.task, cfg, args.data, args.train, args.test, args.out,
                              progress=not args.quiet)
-    print(open(rep["files"]["markdown"]).read())
+    print(Path(rep["files"]["markdown"]).read_text())
     print(f"report: {rep['files']['json']}")
     return 0
 
@@ -56,7 +57,7 @@ def cmd_detection(args: argparse.Namespace) -> int:
     rep = detection.run(cfg, args.train_json, args.val_json, args.out, args.train_images,
                         args.val_images, progress=not args.quiet)
     if rep:
-        print(open(rep["files"]["markdown"]).read())
+        print(Path(rep["files"]["markdown"]).read_text())
         print(f"report: {rep['files']['json']}")
     return 0
 

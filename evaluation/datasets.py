@@ -79,7 +79,7 @@ def train_test(data: str, train: str, test: str | None, holdout_frac: float,
     full = load(data, train)
     if test:
         return full, load(data, test), f"train on {full.source}, test on split {test!r}"
-    n_test = int(round(holdout_frac * len(full)))
+    n_test = round(holdout_frac * len(full))
     if not 0 < n_test < len(full):
         raise ValueError(f"{full.source}: {len(full)} images cannot be split {holdout_frac}")
     perm = np.random.default_rng(seed).permutation(len(full))

@@ -46,8 +46,13 @@ from loaders.sampling import StepBatchSampler, sample_seed
 from loaders.torch_loader import make_loader
 from orl_fast import checkpoint, storage
 from orl_fast.config import IMAGENET_MEAN, IMAGENET_STD, Config, DetectionConfig
-from orl_fast.distributed import (Runtime, barrier, convert_sync_batchnorm, init_runtime,
-                                  mean_across_ranks)
+from orl_fast.distributed import (
+    Runtime,
+    barrier,
+    convert_sync_batchnorm,
+    init_runtime,
+    mean_across_ranks,
+)
 
 # detectron2's 1x schedule at its reference batch of 16 images.
 REFERENCE_BATCH, ITERS_1X, STEPS_1X = 16, 90_000, (60_000, 80_000)
@@ -80,7 +85,7 @@ def schedule(dc: DetectionConfig) -> Schedule:
     times ``dc.schedule``; a batch other than 16 scales lr up and iterations down linearly (as
     detectron2's ``REFERENCE_WORLD_SIZE``). Warm-up shrinks with schedules shorter than 1x."""
     scale = dc.batch_size / REFERENCE_BATCH
-    it = lambda n: max(1, round(n * dc.schedule / scale))  # noqa: E731
+    it = lambda n: max(1, round(n * dc.schedule / scale))
     return Schedule(dc.batch_size, it(ITERS_1X), (it(STEPS_1X[0]), it(STEPS_1X[1])),
                     dc.base_lr * scale,
                     round(dc.warmup_iters * min(1.0, dc.schedule) / scale), dc.warmup_factor)
@@ -192,20 +197,21 @@ def build_model(weights: Weights, num_classes: int, dc: DetectionConfig) -> nn.M
         resnet = freeze_batchnorm(resnet)
     body = _resnet_fpn_extractor(resnet, trainable_layers=5, norm_layer=nn.BatchNorm2d)
     anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
-    common = dict(
-        num_classes=num_classes + 1, min_size=tuple(dc.min_size_train), max_size=dc.max_size,
-        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-        rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(body.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2),
+    common = {
+        "num_classes": num_classes + 1, "min_size": tuple(dc.min_size_train),
+        "max_size": dc.max_size, "image_mean": list(IMAGENET_MEAN),
+        "image_std": list(IMAGENET_STD), "rpn_anchor_generator": anchors,
+        "rpn_head": RPNHead(body.out_channels, anchors.num_anchors_per_location()[0],
+                            conv_depth=2),
         # Per FPN level before NMS (torchvision defaults = detectron2's 2000 / 1000), per image
         # after NMS (detectron2 FPN: 1000 / 1000).
-        rpn_post_nms_top_n_train=dc.rpn_post_nms_topk_train,
-        rpn_post_nms_top_n_test=dc.rpn_post_nms_topk_test,
-        box_batch_size_per_image=dc.roi_batch_size_per_image,
-        box_detections_per_img=dc.detections_per_image,
-        box_head=FastRCNNConvFCHead((body.out_channels, 7, 7), [256] * 4, [1024],
-                                    norm_layer=nn.BatchNorm2d),
-    )
+        "rpn_post_nms_top_n_train": dc.rpn_post_nms_topk_train,
+        "rpn_post_nms_top_n_test": dc.rpn_post_nms_topk_test,
+        "box_batch_size_per_image": dc.roi_batch_size_per_image,
+        "box_detections_per_img": dc.detections_per_image,
+        "box_head": FastRCNNConvFCHead((body.out_channels, 7, 7), [256] * 4, [1024],
+                                       norm_layer=nn.BatchNorm2d),
+    }
     if not dc.masks:
         return FasterRCNN(body, **common)
     return MaskRCNN(body, mask_head=MaskRCNNHeads(body.out_channels, [256] * 4, 1,
@@ -264,7 +270,7 @@ def load_data(train_json: str, val_json: str | None, masks: bool, holdout_frac: 
     else:
         ids = sorted(im["id"] for im in train["images"])
         perm = np.random.default_rng(seed).permutation(len(ids))
-        n_val = int(round(holdout_frac * len(ids)))
+        n_val = round(holdout_frac * len(ids))
         val = subset(train, [ids[i] for i in perm[:n_val]])
         train = subset(train, [ids[i] for i in perm[n_val:]])
         val_root = train_root
@@ -293,17 +299,16 @@ def train(weights: Weights, data: DetectionData, cfg: Config, out: str, rt: Runt
         model = convert_sync_batchnorm(model, rt.device).to(rt.device)
     optimizer = make_optimizer(model, dc, sched.base_lr)
     it = 0
-    # The RPN / RoI samplers draw from torch's RNG: seeded per rank, restored on resume.
-    torch.manual_seed(ec.seed * 1_000_003 + rt.rank)
     resumed = checkpoint.resolve(out) if storage.exists(checkpoint.ckpt_dir(out)) else None
     if resumed:
         state = checkpoint.load(resumed, map_location=rt.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        checkpoint.set_rng_state(state["rng"])
         it = state["step"]
         if rt.is_main and progress:
             print(f"[detection] {weights.name}: resumed from {resumed} at iteration {it}/{stop}")
+    # The RPN / RoI samplers draw from torch's RNG: seeded by (seed, rank, first iteration).
+    torch.manual_seed(sample_seed(ec.seed, rt.rank, it))
 
     dataset = CocoInstances(data.train, data.train_root, dc.masks, train=True, seed=ec.seed)
     sampler = StepBatchSampler(len(dataset), dc.batch_size, rt.rank, rt.world_size, ec.seed,
@@ -322,8 +327,8 @@ def train(weights: Weights, data: DetectionData, cfg: Config, out: str, rt: Runt
             checkpoint.save(out, at, {
                 "stage": "detection", "step": at, "total_steps": sched.max_iter,
                 "config": cfg.to_dict(), "config_hash": cfg.hash(), "weights": weights.source,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": checkpoint.rng_state()}, keep_last=1)
+                "model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                keep_last=1)
 
     model.train()
     t0, images = time.perf_counter(), 0
@@ -475,6 +480,8 @@ def run(cfg: Config, train_json: str, val_json: str | None, out: str,
             results[w.name] = {"weights": {"source": w.source, "arch": w.arch, "stage": w.stage,
                                            "digest": w.digest},
                                "run_dir": run_dir, "metrics": metrics,
+                               # what normalisation actually ran (e.g. SyncBatchNorm under DDP)
+                               "backbone_norm": type(model.backbone.body.bn1).__name__,
                                "seconds": round(time.perf_counter() - t_model, 2)}
             if progress:
                 print(f"[detection] {w.name}: APbb {report.fmt(metrics['bbox']['AP'])}"

@@ -147,9 +147,8 @@ def cached_features(weights: Weights, ids: tuple[str, ...], paths: tuple[str, ..
     t0 = time.perf_counter()
     feats = extract(weights, paths, cfg, progress)
     seconds = time.perf_counter() - t0
-    with storage.atomic_local_file(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, ids=np.array(ids), **feats)
+    with storage.atomic_local_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=np.array(ids), **feats)
     return feats, {"cache": path, "cached": False, "extract_seconds": round(seconds, 3),
                    "images_per_s": round(len(ids) / max(seconds, 1e-9), 2)}
 

@@ -43,7 +43,7 @@ def evaluate_lowshot(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.n
                      test_labels: np.ndarray, classes: tuple[str, ...], cfg: EvalConfig) -> dict:
     xtr, xte = l2_normalise(train_x), l2_normalise(test_x)
     costs = sorted(cfg.svm.costs)
-    out: dict = {}
+    shots: dict = {}
     for n in cfg.lowshot.shots:
         # mAP[sample, cost]
         maps = np.zeros((cfg.lowshot.samples, len(costs)))
@@ -65,14 +65,14 @@ def evaluate_lowshot(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.n
             maps[s] = np.nanmean(per_class, axis=0) * 100
         best = int(np.argmax(maps.mean(0)))
         at = maps[:, best]
-        out[str(n)] = {
+        shots[str(n)] = {
             "mAP_mean": float(at.mean()), "mAP_std": float(at.std()),
             "mAP_min": float(at.min()), "mAP_max": float(at.max()),
             "cost": costs[best], "mAP_per_sample": [round(float(v), 4) for v in at],
             "mAP_mean_per_cost": {str(c): round(float(v), 4) for c, v in zip(costs, maps.mean(0))},
             "capped": [classes[c] for c in sorted(capped)],
         }
-    return out
+    return {"shots": shots}
 
 
 def protocol(cfg: EvalConfig) -> dict:
@@ -85,6 +85,6 @@ def protocol(cfg: EvalConfig) -> dict:
                "-1: 1}), L2-normalised features",
         "cost_selection": "the cost with the best test mAP averaged over the samples (Goyal et "
                           "al. / ORL aggregate_low_shot_svm_stats.py)",
-        "costs": list(sorted(cfg.svm.costs)),
+        "costs": sorted(cfg.svm.costs),
         "metric": "VOC07 11-point mAP on the full test set; mean and std over samples",
     }

@@ -86,10 +86,11 @@ def evaluate_svm(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarr
 def protocol(cfg: EvalConfig) -> dict:
     return {
         "task": "VOC07 linear SVM (one-vs-rest, frozen features)",
-        "svm": "LinearSVC(squared hinge, L2, dual, tol 1e-4, class_weight {1: %g, -1: 1}, "
-               "max_iter %d) on L2-normalised features" % (cfg.svm.pos_weight, cfg.svm.max_iter),
+        "svm": f"LinearSVC(squared hinge, L2, dual, tol 1e-4, class_weight {{1: "
+               f"{cfg.svm.pos_weight:g}, -1: 1}}, max_iter {cfg.svm.max_iter}) on "
+               "L2-normalised features",
         "cost_selection": f"{cfg.svm.folds}-fold cross-validated AP on the training set, per class",
-        "costs": list(sorted(cfg.svm.costs)),
+        "costs": sorted(cfg.svm.costs),
         "difficult": "ignored in training and test",
         "metric": "VOC07 11-point AP per class, mAP over classes (mAP_area: area under the "
                   "interpolated PR curve, as the Goyal et al. code computes, for comparison)",

@@ -9,18 +9,27 @@ import numpy as np
 import torch
 
 from orl_fast import checkpoint
+from orl_fast.config import load_config
 from orl_fast.models import BYOL
 
 # A tiny BYOL: ResNet-18 backbone, small MLPs (the conftest tiny_config model section).
 TINY_MODEL = ["model.backbone=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",
               "model.pred_hidden_dim=64"]
 
+# Small images and few RoIs: two iterations of a ResNet-18 Mask R-CNN in seconds on a CPU.
+TINY_DETECTION = [
+    "eval.device=cpu", "eval.num_workers=0", "eval.detection.batch_size=2",
+    "eval.detection.max_iter=2", "eval.detection.min_size_train=[128]",
+    "eval.detection.min_size_test=128", "eval.detection.max_size=224",
+    "eval.detection.rpn_post_nms_topk_train=64", "eval.detection.rpn_post_nms_topk_test=32",
+    "eval.detection.roi_batch_size_per_image=32", "eval.detection.detections_per_image=10",
+    "eval.detection.precise_bn_iters=1", "eval.detection.log_every_iters=1",
+]
+
 
 def make_checkpoint(out: str, seed: int = 123) -> tuple[str, dict]:
     """A Stage-1-layout orl-fast checkpoint of a tiny BYOL (ResNet-18) with non-trivial BN
     statistics; returns (checkpoint path, its model state dict)."""
-    from orl_fast.config import load_config
-
     cfg = load_config("small", TINY_MODEL)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

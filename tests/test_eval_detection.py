@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from eval_common import make_checkpoint, pennfudan_subsets
+from conftest import subprocess_env
+from eval_common import TINY_DETECTION, make_checkpoint, pennfudan_subsets
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from evaluation import backbones, detection
 from orl_fast.config import DetectionConfig, load_config
-
-# Small images and few RoIs: two iterations of a ResNet-18 Mask R-CNN in seconds on a CPU.
-TINY_DETECTION = [
-    "eval.device=cpu", "eval.num_workers=0", "eval.detection.batch_size=2",
-    "eval.detection.max_iter=2", "eval.detection.min_size_train=[128]",
-    "eval.detection.min_size_test=128", "eval.detection.max_size=224",
-    "eval.detection.rpn_post_nms_topk_train=64", "eval.detection.rpn_post_nms_topk_test=32",
-    "eval.detection.roi_batch_size_per_image=32", "eval.detection.detections_per_image=10",
-    "eval.detection.precise_bn_iters=1", "eval.detection.log_every_iters=1",
-]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +93,7 @@ def test_two_iterations_on_pennfudan_give_losses_and_coco_ap(shared_data, tiny_c
     assert rep["protocol"]["stopped_at"] == 2 and rep["protocol"]["norm"] == "sync"
     assert rep["dataset"]["train_images"] == 4 and rep["dataset"]["val_images"] == 3
     for name, res in rep["results"].items():
-        lines = [json.loads(ln) for ln in open(f"{res['run_dir']}/metrics.jsonl")]
+        lines = [json.loads(ln) for ln in Path(res["run_dir"], "metrics.jsonl").read_text().splitlines()]
         assert [ln["iter"] for ln in lines] == [1, 2]
         for ln in lines:
             for k in ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
@@ -118,5 +112,28 @@ def test_two_iterations_on_pennfudan_give_losses_and_coco_ap(shared_data, tiny_c
     # A rerun resumes from the finished checkpoints: no training, the same numbers.
     again = detection.run(cfg, train_json, val_json, str(out), root, root, progress=False)
     for name, res in again["results"].items():
-        assert len(open(f"{res['run_dir']}/metrics.jsonl").readlines()) == 2
+        assert len(Path(res["run_dir"], "metrics.jsonl").read_text().splitlines()) == 2
         assert res["metrics"]["bbox"]["AP"] == rep["results"][name]["metrics"]["bbox"]["AP"]
+
+
+@pytest.mark.slow
+def test_detection_under_ddp_synchronises_batchnorm(shared_data, tiny_ckpt, tmp_path):
+    """torchrun, 2 CPU processes (gloo): SyncBN semantics, per-rank data, gathered results."""
+    root = str(shared_data / "pennfudan")
+    train_json, val_json = pennfudan_subsets(root, str(tmp_path), n_train=4, n_val=4)
+    overrides = [o for o in TINY_DETECTION if "batch_size" not in o]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "-m", "orl_fast", "eval", "detection", "--ckpt", tiny_ckpt[0], "--quiet",
+           "--train-json", train_json, "--val-json", val_json, "--train-images", root,
+           "--val-images", root, "--out", str(tmp_path / "out"), *overrides,
+           "eval.detection.batch_size=4"]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((tmp_path / "out" / "detection.json").read_text())
+    assert rep["protocol"]["world_size"] == 2
+    for res in rep["results"].values():
+        assert res["backbone_norm"] == "CrossRankBatchNorm"  # SyncBN on CPU / gloo
+        # Both ranks' predictions were gathered: more than 2 images' worth (10 per image).
+        assert 20 < res["metrics"]["bbox"]["detections"] <= 40
+        assert 0 <= res["metrics"]["segm"]["AP"] <= 100

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,15 +136,22 @@ def test_classification_run_writes_reports_for_checkpoint_and_random_init(scene_
     assert rep["dataset"]["train"]["images"] + rep["dataset"]["test"]["images"] == 48
     for res in rep["results"].values():
         assert 0 <= res["layers"]["res5"]["mAP"] <= 100
-    saved = json.loads(open(rep["files"]["json"]).read())
+    saved = json.loads(Path(rep["files"]["json"]).read_text())
     assert saved["protocol"]["k"] == 5 and saved["results"]["checkpoint"]["weights"]["arch"] == (
         "resnet18")
-    md = open(rep["files"]["markdown"]).read()
+    md = Path(rep["files"]["markdown"]).read_text()
     assert "| checkpoint | res5 |" in md and "| random init | res5 |" in md
     # A second task on the same images reuses the cached features.
     rep2 = classification.run("voc07", cfg, "", instances, None, str(tmp_path), progress=False)
     assert all(r["features"]["train"]["cached"] for r in rep2["results"].values())
     assert set(rep2["results"]["checkpoint"]["layers"]["res5"]["cost"].values()) <= {0.1, 1.0}
+    low = load_config("paper", [f"ckpt={tiny_ckpt[0]}", "eval.resize=64", "eval.crop=56",
+                                "eval.device=cpu", "eval.svm.costs=[1.0]",
+                                "eval.lowshot.shots=[1,2]", "eval.lowshot.samples=2"])
+    rep3 = classification.run("lowshot", low, "", instances, None, str(tmp_path), progress=False)
+    shots = rep3["results"]["random init"]["layers"]["res5"]["shots"]
+    assert list(shots) == ["1", "2"] and len(shots["2"]["mAP_per_sample"]) == 2
+    assert "| n=1 | n=2 |" in Path(rep3["files"]["markdown"]).read_text()
 
 
 def test_cli_eval_linear_on_a_coco_split(scene_shards, tiny_ckpt, tmp_path):
@@ -152,13 +160,15 @@ def test_cli_eval_linear_on_a_coco_split(scene_shards, tiny_ckpt, tmp_path):
     proc = subprocess.run(orl_fast_cmd(
         "eval", "linear", "--ckpt", tiny_ckpt[0], "--train", instances, "--out", str(out),
         "--quiet", "eval.resize=64", "eval.crop=56", "eval.num_workers=0", "eval.device=cpu",
-        "eval.linear.epochs=5"), env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        "eval.linear.epochs=5"), env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        check=False)
     assert proc.returncode == 0, proc.stderr
     assert "| checkpoint | res5 |" in proc.stdout
     rep = json.loads((out / "linear.json").read_text())
     assert rep["protocol"]["optimiser"].startswith("SGD lr 0.01")
     bad = subprocess.run(orl_fast_cmd("eval", "voc07", "--train", "x", "eval.svm.folds=1"),
-                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
+                         env=subprocess_env(), capture_output=True, text=True, timeout=120,
+                         check=False)
     assert bad.returncode == 2 and "eval.svm.folds" in bad.stderr
 
 

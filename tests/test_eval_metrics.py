@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from evaluation import report
 from evaluation.metrics import area_ap, classification_metrics, voc07_ap
-from orl_fast.config import ORL_SVM_COSTS, ConfigError, Config, load_config
+from orl_fast.config import ORL_SVM_COSTS, Config, ConfigError, load_config
 
 
 def test_voc07_ap_hand_computed():
@@ -106,6 +107,6 @@ def test_report_writes_json_without_nan_and_a_markdown_table(tmp_path):
     j, md = report.write(str(tmp_path), "x", {"a": float("nan"), "b": [1.5, float("inf")]},
                          report.table(["w", "mAP"], [["ckpt", report.fmt(12.345)],
                                                      ["random", report.fmt(float("nan"))]]))
-    assert json.loads(open(j).read()) == {"a": None, "b": [1.5, None]}
-    assert open(md).read().splitlines() == ["| w | mAP |", "|---|---|", "| ckpt | 12.35 |",
+    assert json.loads(Path(j).read_text()) == {"a": None, "b": [1.5, None]}
+    assert Path(md).read_text().splitlines() == ["| w | mAP |", "|---|---|", "| ckpt | 12.35 |",
                                             "| random | n/a |"]

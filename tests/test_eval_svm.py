@@ -78,7 +78,8 @@ def test_lowshot_samples_exactly_n_positives_and_19n_negatives_per_class_seeded(
 def test_lowshot_evaluation_reports_mean_std_and_cost_per_shot():
     ec = small_eval_config("eval.lowshot.shots=[1,4]", "eval.lowshot.samples=3")
     x, y = separable(300, 3, 24, seed=1, single_label=True)
-    out = lowshot.evaluate_lowshot(x[:150], y[:150], x[150:], y[150:], ("a", "b", "c"), ec)
+    out = lowshot.evaluate_lowshot(x[:150], y[:150], x[150:], y[150:], ("a", "b", "c"),
+                                   ec)["shots"]
     assert list(out) == ["1", "4"]
     for r in out.values():
         assert len(r["mAP_per_sample"]) == 3 and r["cost"] in GRID
