@@ -23,8 +23,10 @@ CLASSIFICATION = {
 DEFAULT_OUT = "orl-fast-eval"
 
 
-def _config(args: argparse.Namespace, extra: list[str] | None = None):
-    overrides = list(args.overrides) + (extra or [])
+def _config(args: argparse.Namespace):
+    # FIELD=VALUE arguments: those the positional took, plus any the top-level parser collected
+    # into ``overrides`` (when it parses with parse_known_args).
+    overrides = [*args.settings, *getattr(args, "overrides", [])]
     if getattr(args, "ckpt", None):
         overrides.append(f"ckpt={args.ckpt}")
     return load_config(args.config, overrides)
@@ -33,7 +35,7 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="paper",
                    help="shipped config name or YAML path (default: %(default)s)")
-    p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
+    p.add_argument("settings", nargs="*", metavar="FIELD=VALUE",
                    help="dotted overrides, e.g. eval.layers=[res4,res5] eval.device=cpu")
 
 

@@ -6,8 +6,6 @@ dotted ``FIELD=VALUE`` overrides, e.g.::
     orl-fast ingest images/ shards/ ingest.shard_size=500
     orl-fast pretrain --config paper data=shards/ out=runs/stage1 train.batch_size=256
     orl-fast config --config small train.epochs=2      # print the resolved config
-    orl-fast eval voc07 --ckpt runs/stage1 --data VOCdevkit --train trainval --test test
-    orl-fast export --format detectron2 --ckpt runs/stage3 --out orl_r50.pkl
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ import argparse
 import json
 import sys
 
-from evaluation.cli import add_commands as add_eval_commands
-from evaluation.cli import add_viz_commands
 from orl_fast.config import ConfigError, load_config
 
 
@@ -73,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
 
+    # eval voc07|lowshot|knn|linear|detection, export, viz attention (evaluation/cli.py)
+    from evaluation.cli import add_commands, add_viz_commands
+    add_commands(sub)
+    p = sub.add_parser("viz", help="visualisations")
+    add_viz_commands(p.add_subparsers(dest="viz", required=True))
+
     p = sub.add_parser("ingest", help="images (dir, glob, list, tar; local or URL) -> shards")
     p.add_argument("src", help="directory, glob, text file of paths, or .tar (local or fsspec URL)")
     p.add_argument("out", help="output directory for shards, index and report")
@@ -89,10 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=128, help="generated scenes (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=5, help="Stage 1 epochs (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
-
-    add_eval_commands(sub)
-    p = sub.add_parser("viz", help="visualisations")
-    add_viz_commands(p.add_subparsers(dest="viz", required=True))
     return parser
 
 
