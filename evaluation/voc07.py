@@ -38,17 +38,13 @@ def svm(cost: float, cfg: SVMConfig) -> LinearSVC:
 
 
 def fit_svm(x: np.ndarray, y: np.ndarray, cost: float, cfg: SVMConfig) -> LinearSVC:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return svm(cost, cfg).fit(x, y)
+    return svm(cost, cfg).fit(x, y)
 
 
 def cross_validated_ap(x: np.ndarray, y: np.ndarray, cost: float, cfg: SVMConfig) -> float:
     """Mean k-fold AP (scikit-learn ``average_precision``) of the SVM with this cost."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return float(cross_val_score(svm(cost, cfg), x, y, cv=cfg.folds,
-                                     scoring="average_precision").mean())
+    return float(cross_val_score(svm(cost, cfg), x, y, cv=cfg.folds,
+                                 scoring="average_precision").mean())
 
 
 def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig) -> dict:
@@ -98,10 +94,15 @@ def protocol(cfg: EvalConfig) -> dict:
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int) -> list[R]:
-    """``[fn(x) for x in items]`` on threads (liblinear releases the GIL); 0 jobs = all cores."""
+    """``[fn(x) for x in items]`` on threads (liblinear releases the GIL); 0 jobs = all cores.
+
+    LinearSVC's convergence warnings (max_iter 2000 is the protocol's) are silenced here, in the
+    calling thread: ``warnings.catch_warnings`` is not thread-safe inside the workers."""
     items = list(items)
-    workers = jobs or os.cpu_count() or 1
-    if workers == 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+    workers = min(jobs or os.cpu_count() or 1, max(len(items), 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if workers == 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(fn, items))

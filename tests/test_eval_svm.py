@@ -34,6 +34,7 @@ def test_svm_on_separable_features_gives_map_100_and_costs_from_the_grid():
     assert out["feature_dim"] == 32
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_cost_selection_is_the_argmax_of_cross_validated_ap():
     cfg = small_eval_config().svm
     rng = np.random.default_rng(3)
