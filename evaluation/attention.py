@@ -79,23 +79,16 @@ def _labelled(tile: Image.Image, label: str) -> Image.Image:
     return out
 
 
-def _hstack(tiles: list[Image.Image], gap: int = 4) -> Image.Image:
-    out = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1),
-                            max(t.height for t in tiles)), "white")
-    x = 0
-    for t in tiles:
-        out.paste(t, (x, 0))
-        x += t.width + gap
-    return out
-
-
-def _vstack(rows: list[Image.Image], gap: int = 4) -> Image.Image:
-    out = Image.new("RGB", (max(r.width for r in rows),
-                            sum(r.height for r in rows) + gap * (len(rows) - 1)), "white")
-    y = 0
-    for r in rows:
-        out.paste(r, (0, y))
-        y += r.height + gap
+def _stack(tiles: list[Image.Image], horizontal: bool, gap: int = 4) -> Image.Image:
+    """Tiles side by side (or one under the other) on white, ``gap`` pixels apart."""
+    along = [t.width if horizontal else t.height for t in tiles]
+    across = max(t.height if horizontal else t.width for t in tiles)
+    length = sum(along) + gap * (len(tiles) - 1)
+    out = Image.new("RGB", (length, across) if horizontal else (across, length), "white")
+    offset = 0
+    for t, size in zip(tiles, along):
+        out.paste(t, (offset, 0) if horizontal else (0, offset))
+        offset += size + gap
     return out
 
 
@@ -112,12 +105,12 @@ def write(models: list[tuple[str, Weights]], images: list[str], out: str, size: 
         tiles = [_labelled(image, os.path.basename(path))]
         tiles += [_labelled(overlay(image, attention_map(net, image, dev)), label)
                   for label, net in nets]
-        row = _hstack(tiles)
+        row = _stack(tiles, horizontal=True)
         name = f"{i:04d}.png"
         _save_png(row, storage.join(directory, name))
         rows.append(row)
         files.append(name)
-    _save_png(_vstack(rows), storage.join(directory, "grid.png"))
+    _save_png(_stack(rows, horizontal=False), storage.join(directory, "grid.png"))
     page = storage.join(directory, "index.html")
     storage.atomic_write(page, _html(models, images, files).encode())
     return {"directory": directory, "grid": storage.join(directory, "grid.png"), "html": page,

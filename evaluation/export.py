@@ -118,7 +118,8 @@ def export(weights: Weights, fmt: str, out: str, dc: DetectionConfig | None = No
     header = (f"# detectron2 config for {os.path.basename(out)} ({weights.arch} from "
               f"{weights.source}):\n# Mask R-CNN R-FPN with SyncBN, as the ORL paper's COCO "
               "transfer. Train with detectron2's tools/train_net.py --config-file THIS.\n")
-    body = yaml.safe_dump(detectron2_config(os.path.abspath(out), weights.arch,
+    weights_file = out if "://" in out else os.path.abspath(out)
+    body = yaml.safe_dump(detectron2_config(weights_file, weights.arch,
                                             dc or DetectionConfig()), sort_keys=False)
     storage.atomic_write(config_path, (header + body).encode())
     return [out, config_path]

@@ -16,7 +16,7 @@ import numpy as np
 
 from evaluation.features import l2_normalise
 from evaluation.metrics import voc07_ap
-from evaluation.voc07 import fit_svm, parallel_map
+from evaluation.voc07 import parallel_map, svm
 from orl_fast.config import EvalConfig
 
 
@@ -57,7 +57,7 @@ def evaluate_lowshot(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.n
                 x, y = xtr[keep], targets[keep, c].astype(np.int32)
                 aps = []
                 for cost in costs:
-                    clf = fit_svm(x, y, cost, cfg.svm)
+                    clf = svm(cost, cfg.svm).fit(x, y)
                     aps.append(voc07_ap(clf.decision_function(xte), test_labels[:, c]))
                 return aps
 

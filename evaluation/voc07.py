@@ -37,10 +37,6 @@ def svm(cost: float, cfg: SVMConfig) -> LinearSVC:
                      max_iter=cfg.max_iter)
 
 
-def fit_svm(x: np.ndarray, y: np.ndarray, cost: float, cfg: SVMConfig) -> LinearSVC:
-    return svm(cost, cfg).fit(x, y)
-
-
 def cross_validated_ap(x: np.ndarray, y: np.ndarray, cost: float, cfg: SVMConfig) -> float:
     """Mean k-fold AP (scikit-learn ``average_precision``) of the SVM with this cost."""
     return float(cross_val_score(svm(cost, cfg), x, y, cv=cfg.folds,
@@ -59,7 +55,7 @@ def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig) -> dict:
     costs = sorted(cfg.costs)
     cv_ap = [cross_validated_ap(x, y, c, cfg) for c in costs]
     best = costs[int(np.argmax(cv_ap))]
-    clf = fit_svm(x, y, best, cfg)
+    clf = svm(best, cfg).fit(x, y)
     return {"cost": best, "cv_ap": dict(zip(costs, cv_ap)), "coef": clf.coef_[0].copy(),
             "intercept": float(clf.intercept_[0])}
 
