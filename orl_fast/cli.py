@@ -69,11 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
 
-    # eval voc07|lowshot|knn|linear|detection, export, viz attention (evaluation/cli.py)
+    # eval voc07|lowshot|knn|linear|detection and export (evaluation/cli.py)
     from evaluation.cli import add_commands, add_viz_commands
     add_commands(sub)
-    p = sub.add_parser("viz", help="visualisations")
-    add_viz_commands(p.add_subparsers(dest="viz", required=True))
 
     p = sub.add_parser("ingest", help="images (dir, glob, list, tar; local or URL) -> shards")
     p.add_argument("src", help="directory, glob, text file of paths, or .tar (local or fsspec URL)")
@@ -81,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("viz", help="visualisations (HTML + PNG)")
+    viz = p.add_subparsers(dest="viz", required=True)
+    add_viz_commands(viz)  # viz attention (evaluation/cli.py)
 
     p = sub.add_parser("pretrain", help="Stage 1: image-level BYOL (data=SHARDS out=DIR)")
     _add_config_args(p)
