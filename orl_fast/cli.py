@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
 
+    # eval voc07|lowshot|knn|linear|detection and export (evaluation/cli.py)
+    from evaluation.cli import add_commands, add_viz_commands
+    add_commands(sub)
+
     p = sub.add_parser("ingest", help="images (dir, glob, list, tar; local or URL) -> shards")
     p.add_argument("src", help="directory, glob, text file of paths, or .tar (local or fsspec URL)")
     p.add_argument("out", help="output directory for shards, index and report")
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", default=None, help="image shards (default: the mined run's)")
     q.add_argument("--top", type=int, default=48, help="pairs shown (default: %(default)s)")
     q.set_defaults(func=cmd_viz_pairs)
+    add_viz_commands(viz)  # viz attention (evaluation/cli.py)
 
     p = sub.add_parser("pretrain", help="Stage 1: image-level BYOL (data=SHARDS out=DIR)")
     _add_config_args(p)

@@ -285,6 +285,174 @@ class ORLConfig:
             raise ConfigError(f"{p}gt_instances: required with {p}boxes=gt (a COCO instances json)")
 
 
+# The VOC07 SVM cost grid of the released ORL / OpenSelfSup scripts
+# (benchmarks/svm_tools/eval_svm_full.sh: costs 1, 10, 100, to which svm_helper.parse_cost_list
+# appends 0.5**4 ... 0.5**19), ascending.
+ORL_SVM_COSTS = tuple(sorted([1.0, 10.0, 100.0] + [0.5**k for k in range(4, 20)]))
+
+
+@dataclass
+class SVMConfig:
+    """VOC07 linear SVM (Goyal et al. 2019 benchmark, as run by the released ORL scripts)."""
+
+    # Cost grid; per class, the cost with the best cross-validated AP is kept.
+    costs: tuple[float, ...] = ORL_SVM_COSTS
+    folds: int = 3
+    # LinearSVC(class_weight={1: pos_weight, -1: 1}, squared hinge, dual, tol 1e-4).
+    pos_weight: float = 2.0
+    max_iter: int = 2000
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "pos_weight", "max_iter")
+        if not self.costs or any(c <= 0 for c in self.costs):
+            raise ConfigError(f"{p}costs: expected a non-empty list of costs > 0, got {self.costs}")
+        if self.folds < 2:
+            raise ConfigError(f"{p}folds: must be >= 2, got {self.folds}")
+
+
+@dataclass
+class LowShotConfig:
+    """VOC07 low-shot SVMs: n positives (and 19 x n negatives) per class, seeded samples."""
+
+    shots: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 96)
+    samples: int = 5
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "samples")
+        if not self.shots or any(n <= 0 for n in self.shots):
+            raise ConfigError(f"{p}shots: expected a non-empty list of counts > 0, got {self.shots}")
+
+
+@dataclass
+class KNNConfig:
+    """Weighted kNN on L2-normalised features (Wu et al. 2018): class score = sum exp(cos / T)."""
+
+    k: int = 200
+    temperature: float = 0.07
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "k", "temperature")
+
+
+@dataclass
+class LinearProbeConfig:
+    """Linear classifier on frozen features (paper supplementary: SGD, batch 256, lr 0.01 decayed
+    by 0.1 at three equally spaced points, momentum 0.9, weight decay 1e-4)."""
+
+    epochs: int = 28
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "epochs", "batch_size", "lr")
+        _non_negative(p, self, "weight_decay")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{p}momentum: must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class DetectionConfig:
+    """Mask R-CNN R50-FPN transfer with a detectron2-style schedule.
+
+    1x = 90k iterations at batch 16, lr 0.02, x0.1 at 60k and 80k, 1000 linear warm-up iterations;
+    ``schedule`` multiplies the iterations (2.0 = 2x, 0.01 for a smoke run) and a batch other than
+    16 scales lr and iterations linearly (detectron2's reference-world-size rule).
+    """
+
+    schedule: float = 1.0
+    batch_size: int = 16
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # detectron2 SOLVER.WEIGHT_DECAY_NORM: no decay on normalisation parameters.
+    weight_decay_norm: float = 0.0
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    # "sync": BatchNorm everywhere, synchronised across GPUs under DDP (the paper);
+    # "frozen": backbone BatchNorm frozen at the checkpoint's statistics.
+    norm: Literal["sync", "frozen"] = "sync"
+    min_size_train: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
+    min_size_test: int = 800
+    max_size: int = 1333
+    masks: bool = True
+    # detectron2 MODEL.RPN.POST_NMS_TOPK_TRAIN / _TEST, ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+    # TEST.DETECTIONS_PER_IMAGE.
+    rpn_post_nms_topk_train: int = 1000
+    rpn_post_nms_topk_test: int = 1000
+    roi_batch_size_per_image: int = 512
+    detections_per_image: int = 100
+    # detectron2 TEST.PRECISE_BN: recompute BatchNorm statistics on this many batches before
+    # evaluating (0: off).
+    precise_bn_iters: int = 200
+    # Stop after this many iterations (0: the whole schedule); the lr schedule is unchanged.
+    max_iter: int = 0
+    ckpt_every_iters: int = 5000
+    log_every_iters: int = 20
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "schedule", "batch_size", "base_lr", "min_size_test", "max_size",
+                  "rpn_post_nms_topk_train", "rpn_post_nms_topk_test",
+                  "roi_batch_size_per_image", "detections_per_image", "ckpt_every_iters",
+                  "log_every_iters")
+        _non_negative(p, self, "weight_decay", "weight_decay_norm", "warmup_iters",
+                      "precise_bn_iters", "max_iter")
+        if not 0 < self.warmup_factor <= 1:
+            raise ConfigError(f"{p}warmup_factor: must be in (0, 1], got {self.warmup_factor}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{p}momentum: must be in [0, 1), got {self.momentum}")
+        if not self.min_size_train or any(s <= 0 for s in self.min_size_train):
+            raise ConfigError(f"{p}min_size_train: expected sizes > 0, got {self.min_size_train}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation (paper Section 4 and supplementary; SPEC, Evaluation)."""
+
+    # Frozen-backbone features: shorter side resized to ``resize``, centre crop ``crop``; pooled
+    # res5 (and optionally res4) activations. "global": average pool (res5 2048-d for ResNet-50);
+    # "goyal": the fixed pooling of the Goyal et al. benchmark / OpenSelfSup (res4 9216-d,
+    # res5 8192-d). Features are cached on disk by weights, images and these settings.
+    resize: int = 256
+    crop: int = 224
+    layers: tuple[Literal["res4", "res5"], ...] = ("res5",)
+    pooling: Literal["global", "goyal"] = "global"
+    batch_size: int = 64
+    num_workers: int = 4
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    # Feature cache directory ("" -> OUT/feature-cache).
+    cache_dir: str = ""
+    # Seeds the held-out split, low-shot samples, random-init baseline and probe training.
+    seed: int = 0
+    # With one split only, this fraction of it (seeded) is held out as the test set.
+    holdout_frac: float = 0.5
+    # Worker threads for the SVMs (0: one per CPU core).
+    jobs: int = 0
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    lowshot: LowShotConfig = field(default_factory=LowShotConfig)
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    # Attention maps: images resized so that the shorter side is this.
+    viz_size: int = 448
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "resize", "crop", "batch_size", "viz_size")
+        _non_negative(p, self, "num_workers", "seed", "jobs")
+        if self.crop > self.resize:
+            raise ConfigError(f"{p}crop: must be <= resize ({self.resize}), got {self.crop}")
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"{p}layers: expected distinct res4 / res5, got {self.layers}")
+        if not 0 < self.holdout_frac < 1:
+            raise ConfigError(f"{p}holdout_frac: must be in (0, 1), got {self.holdout_frac}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(f"{p}{f.name}.")
+
+
 @dataclass
 class Config:
     # Image shards (output of `orl-fast ingest`): local path or fsspec URL.
@@ -302,6 +470,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     mine: MineConfig = field(default_factory=MineConfig)
     orl: ORLConfig = field(default_factory=ORLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

@@ -1,0 +1,164 @@
+"""Frozen-backbone features for the classification evaluations, cached on disk.
+
+Each image: shorter side resized to ``eval.resize`` (bilinear, antialiased), centre crop
+``eval.crop``, ImageNet normalisation; the backbone in eval mode; res4 (``layer3``) and/or res5
+(``layer4``) activations pooled ("global": average over the map, 2048-d at res5 for ResNet-50;
+"goyal": the fixed average pooling of the Goyal et al. benchmark as run by OpenSelfSup / the ORL
+scripts, res4 kernel 8 stride 3 -> 9216-d, res5 kernel 6 stride 1 -> 8192-d). Features are stored
+raw (float32); the SVM and kNN L2-normalise them.
+
+The cache file is named by a hash of the weights' content digest, the image list (ids, file names
+and sizes) and every setting above, and written atomically: a rerun with the same inputs reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from evaluation.backbones import Weights
+from orl_fast import storage
+from orl_fast.augment import normalize
+from orl_fast.config import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
+
+# resK is the output of torchvision's layer{K-1}.
+STAGES = {"res4": 3, "res5": 4}
+# (kernel, stride) of the Goyal et al. / OpenSelfSup "specified" pooling for a 224 input.
+GOYAL_POOLING = {"res4": (8, 3), "res5": (6, 1)}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("eval.device=cuda but CUDA is not available")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+class CentreCropImages(Dataset):
+    """Image files -> uint8 CHW tensors: shorter side ``resize``, centre crop ``crop``."""
+
+    def __init__(self, paths: tuple[str, ...] | list[str], resize: int, crop: int):
+        self.paths, self.resize, self.crop = list(paths), resize, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        with storage.open_file(self.paths[i], "rb") as f:
+            img = Image.open(io.BytesIO(f.read())).convert("RGB")
+        img = TF.center_crop(TF.resize(img, self.resize), self.crop)
+        return TF.pil_to_tensor(img)
+
+
+def stages(resnet: nn.Module, x: torch.Tensor, last: int = 4) -> list[torch.Tensor]:
+    """The outputs of ``layer1`` ... ``layer{last}`` (res2 ... res{last + 1}) of a ResNet."""
+    x = resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(x))))
+    out = []
+    for i in range(1, last + 1):
+        x = getattr(resnet, f"layer{i}")(x)
+        out.append(x)
+    return out
+
+
+class PooledFeatures(nn.Module):
+    """ResNet trunk -> {layer: pooled, flattened activations} for res4 / res5."""
+
+    def __init__(self, backbone: nn.Module, layers: tuple[str, ...], pooling: str):
+        super().__init__()
+        self.backbone, self.layers, self.pooling = backbone, tuple(layers), pooling
+        self.last = max(STAGES[name] for name in layers)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = stages(self.backbone, x, self.last)
+        return {name: self.pool(name, maps[STAGES[name] - 1]).flatten(1).float()
+                for name in self.layers}
+
+    def pool(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "global":
+            return x.mean((2, 3))
+        kernel, stride = GOYAL_POOLING[name]
+        return nn.functional.avg_pool2d(x, kernel, stride)
+
+
+@torch.no_grad()
+def extract(weights: Weights, paths: tuple[str, ...] | list[str], cfg: EvalConfig,
+            progress: bool = False) -> dict[str, np.ndarray]:
+    """Pooled features of every image (float32, one (N, D) array per layer)."""
+    device = resolve_device(cfg.device)
+    model = PooledFeatures(weights.build(), cfg.layers, cfg.pooling).to(device).eval()
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    loader = DataLoader(CentreCropImages(paths, cfg.resize, cfg.crop), batch_size=cfg.batch_size,
+                        num_workers=cfg.num_workers, pin_memory=cuda,
+                        persistent_workers=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                              enabled=cuda and cfg.precision == "bf16")
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in cfg.layers}
+    for batch in tqdm(loader, desc=f"features ({weights.name})", unit="batch",
+                      disable=not progress, dynamic_ncols=True):
+        x = normalize(batch.to(device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD, cuda)
+        with autocast:
+            feats = model(x)
+        for name, f in feats.items():
+            chunks[name].append(f.cpu().numpy())
+    return {name: np.concatenate(c) if c else np.zeros((0, 0), np.float32)
+            for name, c in chunks.items()}
+
+
+def cache_key(weights: Weights, ids: tuple[str, ...], paths: tuple[str, ...],
+              cfg: EvalConfig) -> str:
+    h = hashlib.sha256()
+    for i, p in zip(ids, paths):
+        h.update(f"{i}\t{os.path.basename(p)}\t{_size(p)}\n".encode())
+    cuda = resolve_device(cfg.device).type == "cuda"
+    settings = {
+        "weights": weights.digest, "images": h.hexdigest(), "resize": cfg.resize,
+        "crop": cfg.crop, "layers": sorted(cfg.layers), "pooling": cfg.pooling,
+        "precision": cfg.precision if cuda else "fp32",
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_features(weights: Weights, ids: tuple[str, ...], paths: tuple[str, ...],
+                    cfg: EvalConfig, cache_dir: str, progress: bool = False
+                    ) -> tuple[dict[str, np.ndarray], dict]:
+    """Features of the images, read from ``cache_dir`` or extracted and written there.
+
+    Returns (features by layer, info: cache file, hit or miss, extraction time and rate)."""
+    key = cache_key(weights, ids, paths, cfg)
+    path = storage.join(cache_dir, f"{weights.arch}-{weights.digest[:12]}-{key}.npz")
+    if storage.exists(path):
+        with storage.open_file(path, "rb") as f:
+            data = np.load(io.BytesIO(f.read()))
+            if tuple(data["ids"].tolist()) == tuple(ids):
+                return ({name: data[name] for name in cfg.layers},
+                        {"cache": path, "cached": True})
+    t0 = time.perf_counter()
+    feats = extract(weights, paths, cfg, progress)
+    seconds = time.perf_counter() - t0
+    with storage.atomic_local_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=np.array(ids), **feats)
+    return feats, {"cache": path, "cached": False, "extract_seconds": round(seconds, 3),
+                   "images_per_s": round(len(ids) / max(seconds, 1e-9), 2)}
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """x / (||x|| + 1e-5), row-wise (svm_helper.normalize_features of the Goyal et al. code)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-5)
+
+
+def _size(path: str) -> int:
+    fs, p = storage.url_to_fs(path)
+    return int(fs.size(p))

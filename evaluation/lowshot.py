@@ -1,0 +1,90 @@
+"""VOC07 low-shot SVMs (Goyal et al. 2019; paper Table 2).
+
+For n positives per class and each of ``samples`` seeded samples, every class gets its own
+training set: n images drawn from its positives and (classes - 1) x n from its negatives (as
+``create_voc_low_shot_samples.py``); difficult images are never drawn. One LinearSVC per class and
+cost is trained; the test mAP (11-point) of each cost is averaged over the samples and the cost
+with the best mean is reported with the mean, std, min and max over samples (the cost selection
+of the Goyal et al. / ORL ``aggregate_low_shot_svm_stats.py``, which selects on the test set:
+with one positive there is nothing to cross-validate). When a class has fewer than n positives
+(or too few negatives) all of them are used and the class is listed under ``capped``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evaluation.features import l2_normalise
+from evaluation.metrics import voc07_ap
+from evaluation.voc07 import parallel_map, svm
+from orl_fast.config import EvalConfig
+
+
+def sample(labels: np.ndarray, n: int, index: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    """Low-shot targets for sample ``index`` of n shots: (images x classes) int8, 1 for the drawn
+    positives, -1 for the drawn negatives, 0 (unused) elsewhere; and the classes that were capped.
+
+    The draw is a pure function of (seed, n, index, class)."""
+    num_classes = labels.shape[1]
+    out = np.zeros(labels.shape, dtype=np.int8)
+    capped = []
+    for c in range(num_classes):
+        rng = np.random.default_rng([seed, n, index, c])
+        pos, neg = np.flatnonzero(labels[:, c] == 1), np.flatnonzero(labels[:, c] == -1)
+        n_neg = (num_classes - 1) * n
+        if len(pos) < n or len(neg) < n_neg:
+            capped.append(c)
+        out[rng.choice(pos, min(n, len(pos)), replace=False), c] = 1
+        out[rng.choice(neg, min(n_neg, len(neg)), replace=False), c] = -1
+    return out, capped
+
+
+def evaluate_lowshot(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray,
+                     test_labels: np.ndarray, classes: tuple[str, ...], cfg: EvalConfig) -> dict:
+    xtr, xte = l2_normalise(train_x), l2_normalise(test_x)
+    costs = sorted(cfg.svm.costs)
+    shots: dict = {}
+    for n in cfg.lowshot.shots:
+        # mAP[sample, cost]
+        maps = np.zeros((cfg.lowshot.samples, len(costs)))
+        capped: set[int] = set()
+        for s in range(cfg.lowshot.samples):
+            targets, cap = sample(train_labels, n, s, cfg.seed)
+            capped.update(cap)
+
+            def class_aps(c: int, targets=targets) -> list[float]:
+                keep = targets[:, c] != 0
+                x, y = xtr[keep], targets[keep, c].astype(np.int32)
+                aps = []
+                for cost in costs:
+                    clf = svm(cost, cfg.svm).fit(x, y)
+                    aps.append(voc07_ap(clf.decision_function(xte), test_labels[:, c]))
+                return aps
+
+            per_class = np.array(parallel_map(class_aps, range(len(classes)), cfg.jobs))
+            maps[s] = np.nanmean(per_class, axis=0) * 100
+        best = int(np.argmax(maps.mean(0)))
+        at = maps[:, best]
+        shots[str(n)] = {
+            "mAP_mean": float(at.mean()), "mAP_std": float(at.std()),
+            "mAP_min": float(at.min()), "mAP_max": float(at.max()),
+            "cost": costs[best], "mAP_per_sample": [round(float(v), 4) for v in at],
+            "mAP_mean_per_cost": {str(c): round(float(v), 4) for c, v in zip(costs, maps.mean(0))},
+            "capped": [classes[c] for c in sorted(capped)],
+        }
+    return {"shots": shots}
+
+
+def protocol(cfg: EvalConfig) -> dict:
+    return {
+        "task": "VOC07 low-shot linear SVM",
+        "shots": list(cfg.lowshot.shots), "samples": cfg.lowshot.samples, "seed": cfg.seed,
+        "sampling": "per class: n positives and (classes - 1) x n negatives, without replacement; "
+                    "difficult images never drawn; capped at what the training set has",
+        "svm": f"LinearSVC as the full VOC07 SVM (class_weight {{1: {cfg.svm.pos_weight}, "
+               "-1: 1}), L2-normalised features",
+        "cost_selection": "the cost with the best test mAP averaged over the samples (Goyal et "
+                          "al. / ORL aggregate_low_shot_svm_stats.py)",
+        "costs": sorted(cfg.svm.costs),
+        "metric": "VOC07 11-point mAP on the full test set; mean and std over samples",
+    }

@@ -1,0 +1,150 @@
+"""VOC07 SVM, low-shot sampling and the dataset layouts."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from eval_common import separable
+
+from evaluation import datasets, lowshot, voc07
+from orl_fast.config import load_config
+
+GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+def small_eval_config(*overrides: str):
+    return load_config("paper", [f"eval.svm.costs={list(GRID)}", "eval.jobs=2", *overrides]).eval
+
+
+def test_svm_on_separable_features_gives_map_100_and_costs_from_the_grid():
+    ec = small_eval_config()
+    x, y = separable(160, 4, 32, seed=0)
+    y[::11, 2] = 0  # some difficult labels: ignored in training and test
+    classes = ("a", "b", "c", "d")
+    out = voc07.evaluate_svm(x[:80], y[:80], x[80:], y[80:], classes, ec)
+    assert out["mAP"] == pytest.approx(100.0)
+    assert all(ap == pytest.approx(100.0) for ap in out["AP"].values())
+    for c in classes:
+        assert out["cost"][c] in GRID
+        cv = out["cv_ap"][c]
+        assert [float(k) for k in cv] == sorted(GRID)
+        assert cv[str(out["cost"][c])] == max(cv.values())  # the best cross-validated cost
+    assert out["feature_dim"] == 32
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_cost_selection_is_the_argmax_of_cross_validated_ap():
+    cfg = small_eval_config().svm
+    rng = np.random.default_rng(3)
+    # Overlapping classes: the cross-validated AP differs across costs.
+    x = rng.normal(size=(120, 20))
+    labels = np.where(x[:, 0] + 0.8 * rng.normal(size=120) > 0.3, 1, -1).astype(np.int8)
+    fit = voc07.train_class(x, labels, cfg)
+    costs, aps = list(fit["cv_ap"]), list(fit["cv_ap"].values())
+    assert costs == sorted(GRID)
+    assert fit["cost"] == costs[int(np.argmax(aps))]  # first best: the smaller cost on ties
+    assert len(set(np.round(aps, 9))) > 1
+    assert fit["coef"].shape == (20,)
+
+
+def test_svm_rejects_a_class_with_too_few_examples_for_cross_validation():
+    x = np.random.default_rng(0).normal(size=(10, 4))
+    labels = np.array([1, 1, -1, -1, -1, -1, -1, -1, -1, -1], np.int8)
+    with pytest.raises(ValueError, match="3-fold"):
+        voc07.train_class(x, labels, small_eval_config().svm)
+
+
+def test_lowshot_samples_exactly_n_positives_and_19n_negatives_per_class_seeded():
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array([1, -1, 0], np.int8), size=(3000, 20), p=[0.1, 0.85, 0.05])
+    for n in (1, 2, 8, 16):
+        t, capped = lowshot.sample(labels, n, index=0, seed=5)
+        assert capped == []
+        assert ((t == 1).sum(0) == n).all()
+        assert ((t == -1).sum(0) == 19 * n).all()
+        assert (labels[t == 1] == 1).all() and (labels[t == -1] == -1).all()  # never difficult
+        again, _ = lowshot.sample(labels, n, index=0, seed=5)
+        assert np.array_equal(t, again)
+        other, _ = lowshot.sample(labels, n, index=1, seed=5)
+        assert not np.array_equal(t, other)
+    # Fewer positives than n: all of them, and the class is reported as capped.
+    labels[:, 3] = -1
+    labels[:5, 3] = 1
+    t, capped = lowshot.sample(labels, 8, index=0, seed=5)
+    assert capped == [3] and (t[:, 3] == 1).sum() == 5
+
+
+def test_lowshot_evaluation_reports_mean_std_and_cost_per_shot():
+    ec = small_eval_config("eval.lowshot.shots=[1,4]", "eval.lowshot.samples=3")
+    x, y = separable(300, 3, 24, seed=1, single_label=True)
+    out = lowshot.evaluate_lowshot(x[:150], y[:150], x[150:], y[150:], ("a", "b", "c"),
+                                   ec)["shots"]
+    assert list(out) == ["1", "4"]
+    for r in out.values():
+        assert len(r["mAP_per_sample"]) == 3 and r["cost"] in GRID
+        assert r["mAP_mean"] == pytest.approx(np.mean(r["mAP_per_sample"]), abs=1e-3)
+        assert r["mAP_std"] == pytest.approx(np.std(r["mAP_per_sample"]), abs=1e-3)
+        # The reported cost is the one with the best mean over the samples.
+        assert r["mAP_mean_per_cost"][str(r["cost"])] == max(r["mAP_mean_per_cost"].values())
+        assert r["mAP_mean"] == pytest.approx(r["mAP_mean_per_cost"][str(r["cost"])], abs=1e-3)
+    assert out["4"]["mAP_mean"] == pytest.approx(100.0)  # separable: 4 shots are enough
+
+
+def _write_voc_devkit(root: str) -> None:
+    os.makedirs(os.path.join(root, "VOC2007", "ImageSets", "Main"))
+    os.makedirs(os.path.join(root, "VOC2007", "JPEGImages"))
+    for split, ids in (("trainval", ["000005", "000007", "000009"]), ("test", ["000001"])):
+        for c, cls in enumerate(datasets.VOC_CLASSES):
+            with open(os.path.join(root, "VOC2007", "ImageSets", "Main",
+                                   f"{cls}_{split}.txt"), "w") as f:
+                for i, img in enumerate(ids):
+                    label = 1 if c == i else (0 if c == i + 1 else -1)
+                    f.write(f"{img} {label:2d}\n")
+
+
+def test_vocdevkit_layout(tmp_path):
+    _write_voc_devkit(str(tmp_path))
+    for root in (str(tmp_path), str(tmp_path / "VOC2007")):
+        ds = datasets.load(root, "trainval")
+        assert ds.ids == ("000005", "000007", "000009") and ds.classes == datasets.VOC_CLASSES
+        assert ds.paths[1].endswith(os.path.join("VOC2007", "JPEGImages", "000007.jpg"))
+        assert ds.labels[1, 1] == 1 and ds.labels[1, 2] == 0 and ds.labels[1, 0] == -1
+    train, test, how = datasets.train_test(str(tmp_path), "trainval", "test", 0.5, 0)
+    assert len(train) == 3 and test.ids == ("000001",) and "test" in how
+    with pytest.raises(FileNotFoundError, match="val"):
+        datasets.load(str(tmp_path), "val")
+
+
+def test_labels_csv_layout_and_seeded_holdout(shared_data):
+    root = str(shared_data / "voc07")
+    full = datasets.load(root, "train")
+    assert len(full) == 1500 and full.classes == datasets.VOC_CLASSES
+    assert full.summary()["positives"]["sheep"] == 31  # as the data README says
+    assert os.path.exists(full.paths[0])
+    train, test, how = datasets.train_test(root, "train", None, 0.5, seed=0)
+    assert len(train) == len(test) == 750 and "held-out" in how and "seed 0" in how
+    assert not set(train.ids) & set(test.ids) and set(train.ids) | set(test.ids) == set(full.ids)
+    again = datasets.train_test(root, "train", None, 0.5, seed=0)[1]
+    assert again.ids == test.ids
+    assert datasets.train_test(root, "train", None, 0.5, seed=1)[1].ids != test.ids
+
+
+def test_labels_csv_with_a_split_column(tmp_path):
+    (tmp_path / "labels.csv").write_text("id,split,cat,dog\na,train,1,-1\nb,test,-1,1\n"
+                                         "c,train,0,1\n")
+    train = datasets.load(str(tmp_path), "train")
+    assert train.ids == ("a", "c") and train.classes == ("cat", "dog")
+    assert train.labels.tolist() == [[1, -1], [0, 1]]
+    assert datasets.load(str(tmp_path), "test").paths == (str(tmp_path / "images" / "b.jpg"),)
+    with pytest.raises(ValueError, match="val"):
+        datasets.load(str(tmp_path), "val")
+
+
+def test_coco_image_labels(scene_shards):
+    _, instances = scene_shards
+    ds = datasets.load("", instances)
+    assert len(ds) == 48 and len(ds.classes) == 6
+    assert ((ds.labels == 1).sum(1) >= 1).all() and set(np.unique(ds.labels)) <= {-1, 1}
+    assert all(os.path.exists(p) for p in ds.paths)
