@@ -55,3 +55,13 @@ def test_demo_runs_the_pipeline(tmp_path, capsys):
     assert state["step"] == 2  # 32 images, batch 16, 1 epoch
     assert (tmp_path / "scenes" / "instances.json").exists()
     assert (tmp_path / "shards" / "index.json").exists()
+    from mining.records import open_pairs
+    assert len(open_pairs(str(tmp_path / "mined"))) == 32  # one pair record per image
+    assert "pair purity" in out
+    orl = checkpoint.load(str(tmp_path / "stage3"))
+    assert orl["stage"] == "stage3" and orl["step"] == 2
+    assert "inter_predictor.0.weight" in orl["model"]
+    for name in ("BYOL", "ORL"):
+        assert (tmp_path / "eval" / name / "knn.json").exists()
+        assert (tmp_path / "eval" / name / "linear.md").exists()
+    assert "ORL (stage 3)   kNN mAP" in out
