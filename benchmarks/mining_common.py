@@ -53,3 +53,23 @@ def machine() -> dict:
     return {"date": datetime.date.today().isoformat(),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {gpu}",
             "torch": torch.__version__}
+
+
+def proposal_rate(ray, unit, shards: str, ckpt: str, mine, out: Path, slots: int) -> float:
+    """Images/s of every proposal unit of ``shards`` run as the Ray task ``unit``, ``slots`` in
+    flight (a fresh output directory ``out``)."""
+    import shutil
+    import time
+
+    from mining.manifest import make_plan
+
+    shutil.rmtree(out, ignore_errors=True)
+    plan = make_plan(str(out), shards, ckpt, mine, "cpu")
+    ref, todo, pending, images = ray.put(plan), list(plan.shard_ids), [], 0
+    t0 = time.perf_counter()
+    while todo or pending:
+        while todo and len(pending) < slots:
+            pending.append(unit.remote(ref, todo.pop(0)))
+        [done], pending = ray.wait(pending, num_returns=1)
+        images += ray.get(done)["images"]
+    return images / (time.perf_counter() - t0)

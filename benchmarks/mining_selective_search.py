@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import time
 
-from mining_common import OUT, coco_shards, machine, random_stage1
+from mining_common import OUT, coco_shards, machine, proposal_rate, random_stage1
 
-from mining.manifest import make_plan
+from cluster.runtime import ray_session
 from mining.proposals import proposals_unit
-from mining.ray_runtime import ray_session
 from orl_fast.config import MineConfig
 
 
@@ -52,24 +49,14 @@ def main() -> None:
     import ray
 
     rates = dict.fromkeys(counts, 0.0)
-    with ray_session(mine):
+    with ray_session(num_cpus=max(counts)):
         task = ray.remote(proposals_unit).options(num_cpus=1, name="proposals")
         warm = ray.remote(_start_worker).options(num_cpus=1)
         first = f"{shards}/shard-000000.tar"
         ray.get([warm.remote(first, mine) for _ in range(max(counts))])
         for w in [w for _ in range(args.rounds) for w in counts]:
-            out = OUT / f"ss-bench-{w}"
-            shutil.rmtree(out, ignore_errors=True)
-            plan = make_plan(str(out), shards, ckpt, mine, "cpu")
-            ref = ray.put(plan)
-            todo, pending, images = list(plan.shard_ids), [], 0
-            t0 = time.perf_counter()
-            while todo or pending:
-                while todo and len(pending) < w:
-                    pending.append(task.remote(ref, todo.pop(0)))
-                [done], pending = ray.wait(pending, num_returns=1)
-                images += ray.get(done)["images"]
-            rates[w] = max(rates[w], images / (time.perf_counter() - t0))
+            rates[w] = max(rates[w], proposal_rate(ray, task, shards, ckpt, mine,
+                                                   OUT / f"ss-bench-{w}", w))
     base = rates[counts[0]] / counts[0]
     result = {**machine(), "images": args.images, "shard_size": args.shard_size,
               "ss_max_side": args.ss_max_side,

@@ -30,13 +30,15 @@ LABEL_HEIGHT = 18
 
 
 def list_images(source: str, limit: int) -> list[str]:
-    """The first ``limit`` images (sorted) of a directory, or the paths listed in a text file."""
-    if os.path.isdir(source):
-        names = sorted(n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS))
-        paths = [os.path.join(source, n) for n in names]
+    """The first ``limit`` images (sorted) of a directory, or the paths listed in a text file
+    (local or fsspec URLs, e.g. ``s3://bucket/images``)."""
+    fs, fs_path = storage.url_to_fs(source)
+    if fs.isdir(fs_path):
+        names = sorted(n for n in storage.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS))
+        paths = [storage.join(source, n) for n in names]
     else:
-        with open(source) as f:
-            paths = [ln.strip() for ln in f if ln.strip()]
+        text = storage.read_bytes(source).decode("utf-8")
+        paths = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not paths:
         raise FileNotFoundError(f"{source}: no images")
     return paths[:limit] if limit else paths
@@ -44,8 +46,7 @@ def list_images(source: str, limit: int) -> list[str]:
 
 def load_image(path: str, size: int) -> Image.Image:
     """RGB, shorter side resized to ``size``."""
-    with storage.open_file(path, "rb") as f:
-        img = Image.open(io.BytesIO(f.read())).convert("RGB")
+    img = Image.open(io.BytesIO(storage.read_bytes(path))).convert("RGB")
     return TF.resize(img, size)
 
 

@@ -10,16 +10,23 @@ difficult objects (ignored by training and AP), -1 absent. Layouts read:
   column the file is one split, named by whoever reads it.
 - COCO instances JSON (a ``.json`` path given as the split): an image is positive for every
   category it has an object of; images are found relative to the JSON's folder.
+
+Every root and file may be a local path or an fsspec URL (``s3://bucket/voc07``, ...): files are
+read through :mod:`orl_fast.storage`, and image paths are built under the same root.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import posixpath
 from dataclasses import dataclass
 
 import numpy as np
+
+from orl_fast import storage
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -65,7 +72,7 @@ def load(data: str, split: str) -> LabelledImages:
     devkit = _find_devkit(data)
     if devkit:
         return load_vocdevkit(devkit, split)
-    if os.path.exists(os.path.join(data, "labels.csv")):
+    if storage.exists(storage.join(data, "labels.csv")):
         return load_labels_csv(data, split)
     raise FileNotFoundError(f"{data}: neither a VOCdevkit (JPEGImages + ImageSets/Main) nor a "
                             "labels.csv + images/ folder")
@@ -91,34 +98,48 @@ def train_test(data: str, train: str, test: str | None, holdout_frac: float,
             full.subset(test_idx, f"{full.source} (held-out protocol: test part)"), how)
 
 
+def parent(path: str) -> str:
+    """The folder of a file: its absolute local directory, or the URL less its last part."""
+    if "://" in path:
+        return posixpath.dirname(path.rstrip("/"))
+    return os.path.dirname(os.path.abspath(path))
+
+
+def _isdir(path: str) -> bool:
+    fs, p = storage.url_to_fs(path)
+    return fs.isdir(p)
+
+
+def _read_text(path: str) -> str:
+    return storage.read_bytes(path).decode("utf-8")
+
+
 def _find_devkit(root: str) -> str | None:
-    for d in (root, os.path.join(root, "VOC2007"), os.path.join(root, "VOCdevkit", "VOC2007")):
-        if os.path.isdir(os.path.join(d, "ImageSets", "Main")) and os.path.isdir(
-                os.path.join(d, "JPEGImages")):
+    for d in (root, storage.join(root, "VOC2007"), storage.join(root, "VOCdevkit", "VOC2007")):
+        if _isdir(storage.join(d, "ImageSets", "Main")) and _isdir(storage.join(d, "JPEGImages")):
             return d
     return None
 
 
 def load_vocdevkit(root: str, split: str) -> LabelledImages:
-    main = os.path.join(root, "ImageSets", "Main")
+    main = storage.join(root, "ImageSets", "Main")
     columns: list[dict[str, int]] = []
     for cls in VOC_CLASSES:
-        path = os.path.join(main, f"{cls}_{split}.txt")
-        if not os.path.exists(path):
+        path = storage.join(main, f"{cls}_{split}.txt")
+        if not storage.exists(path):
             raise FileNotFoundError(f"{path}: no such split file (split {split!r})")
-        with open(path) as f:
-            columns.append({img: int(lab) for img, lab in (ln.split() for ln in f if ln.strip())})
+        lines = _read_text(path).splitlines()
+        columns.append({img: int(lab) for img, lab in (ln.split() for ln in lines if ln.strip())})
     ids = sorted(columns[0])
     labels = np.array([[col[i] for col in columns] for i in ids], dtype=np.int8)
-    paths = tuple(os.path.join(root, "JPEGImages", f"{i}.jpg") for i in ids)
+    paths = tuple(storage.join(root, "JPEGImages", f"{i}.jpg") for i in ids)
     return LabelledImages(tuple(ids), paths, labels, VOC_CLASSES,
                           f"VOCdevkit {root} split {split!r}")
 
 
 def load_labels_csv(root: str, split: str) -> LabelledImages:
-    path = os.path.join(root, "labels.csv")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    path = storage.join(root, "labels.csv")
+    rows = list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
     if not rows:
         raise ValueError(f"{path}: empty")
     classes = tuple(c for c in rows[0] if c not in ("id", "split"))
@@ -131,14 +152,13 @@ def load_labels_csv(root: str, split: str) -> LabelledImages:
         source = f"{path} (one split, named {split!r})"
     ids = tuple(r["id"] for r in rows)
     labels = np.array([[int(r[c]) for c in classes] for r in rows], dtype=np.int8)
-    paths = tuple(os.path.join(root, "images", f"{i}.jpg") for i in ids)
+    paths = tuple(storage.join(root, "images", f"{i}.jpg") for i in ids)
     return LabelledImages(ids, paths, labels, classes, source)
 
 
 def load_coco(json_path: str, images_root: str | None = None) -> LabelledImages:
-    with open(json_path) as f:
-        coco = json.load(f)
-    root = images_root or os.path.dirname(os.path.abspath(json_path))
+    coco = json.loads(storage.read_bytes(json_path))
+    root = images_root or parent(json_path)
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     col = {c["id"]: j for j, c in enumerate(cats)}
     images = sorted(coco["images"], key=lambda im: im["id"])
@@ -147,5 +167,5 @@ def load_coco(json_path: str, images_root: str | None = None) -> LabelledImages:
     for a in coco["annotations"]:
         labels[row[a["image_id"]], col[a["category_id"]]] = 1
     return LabelledImages(tuple(str(im["id"]) for im in images),
-                          tuple(os.path.join(root, im["file_name"]) for im in images),
+                          tuple(storage.join(root, im["file_name"]) for im in images),
                           labels, tuple(c["name"] for c in cats), f"COCO {json_path}")

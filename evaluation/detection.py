@@ -19,7 +19,6 @@ import contextlib
 import copy
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -42,6 +41,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from evaluation import backbones, report
 from evaluation.backbones import Weights
+from evaluation.datasets import parent
 from loaders.sampling import StepBatchSampler, sample_seed
 from loaders.torch_loader import make_loader
 from orl_fast import checkpoint, storage
@@ -53,6 +53,7 @@ from orl_fast.distributed import (
     init_runtime,
     mean_across_ranks,
 )
+from orl_fast.runlog import RunLog
 
 # detectron2's 1x schedule at its reference batch of 16 images.
 REFERENCE_BATCH, ITERS_1X, STEPS_1X = 16, 90_000, (60_000, 80_000)
@@ -155,8 +156,8 @@ class CocoInstances(Dataset):
         epoch, pos = item if self.train else (0, item)
         img_id = self.ids[pos]
         info = self.api.imgs[img_id]
-        with storage.open_file(os.path.join(self.root, info["file_name"]), "rb") as f:
-            img = Image.open(io.BytesIO(f.read())).convert("RGB")
+        data = storage.read_bytes(storage.join(self.root, info["file_name"]))
+        img = Image.open(io.BytesIO(data)).convert("RGB")
         image = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
         if not self.train:
             return image, {"image_id": img_id}
@@ -262,10 +263,10 @@ def load_data(train_json: str, val_json: str | None, masks: bool, holdout_frac: 
               seed: int, train_images: str | None = None,
               val_images: str | None = None) -> DetectionData:
     train = read_coco(train_json)
-    train_root = train_images or os.path.dirname(os.path.abspath(train_json))
+    train_root = train_images or parent(train_json)
     if val_json:
         val = read_coco(val_json)
-        val_root = val_images or os.path.dirname(os.path.abspath(val_json))
+        val_root = val_images or parent(val_json)
         split = f"train {train_json}, validation {val_json}"
     else:
         ids = sorted(im["id"] for im in train["images"])
@@ -294,6 +295,7 @@ def train(weights: Weights, data: DetectionData, cfg: Config, out: str, rt: Runt
     dc, ec = cfg.eval.detection, cfg.eval
     sched = schedule(dc)
     stop = min(sched.max_iter, dc.max_iter) if dc.max_iter else sched.max_iter
+    torch.manual_seed(ec.seed)  # the new heads' initialisation: the same on every rank and run
     model = build_model(weights, data.num_classes, dc).to(rt.device)
     if rt.distributed and dc.norm == "sync":
         model = convert_sync_batchnorm(model, rt.device).to(rt.device)
@@ -330,33 +332,39 @@ def train(weights: Weights, data: DetectionData, cfg: Config, out: str, rt: Runt
                 "model": model.state_dict(), "optimizer": optimizer.state_dict()},
                 keep_last=1)
 
-    model.train()
-    t0, images = time.perf_counter(), 0
-    for images_batch, targets in loader:
-        lr = sched.lr(it)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        images_batch = [im.to(rt.device, non_blocking=True) for im in images_batch]
-        targets = [_to(t, rt.device) for t in targets]
-        with autocast:
-            losses = train_model(images_batch, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[detection] loss is {loss.item()} at iteration {it}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        it += 1
-        images += dc.batch_size
-        if it % dc.log_every_iters == 0 or it == stop:
-            scalars = mean_across_ranks({"loss": loss.item(), **{k: v.item() for k, v in
-                                                                 losses.items()}}, rt)
-            scalars.update(lr=lr, img_per_s=images / (time.perf_counter() - t0))
-            if rt.is_main:
-                _log(out, it, scalars, progress)
-            t0, images = time.perf_counter(), 0
-        if it % dc.ckpt_every_iters == 0 or it == stop:
-            save(it)
+    # OUT/metrics.jsonl: appended in place (local OUT) or staged and uploaded (remote OUT).
+    log = RunLog(out, key="iter", resumed_at=it, enabled=rt.is_main)
+    try:
+        model.train()
+        t0, images = time.perf_counter(), 0
+        for images_batch, targets in loader:
+            lr = sched.lr(it)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            images_batch = [im.to(rt.device, non_blocking=True) for im in images_batch]
+            targets = [_to(t, rt.device) for t in targets]
+            with autocast:
+                losses = train_model(images_batch, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[detection] loss is {loss.item()} at iteration {it}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            it += 1
+            images += dc.batch_size
+            if it % dc.log_every_iters == 0 or it == stop:
+                scalars = mean_across_ranks({"loss": loss.item(), **{k: v.item() for k, v in
+                                                                     losses.items()}}, rt)
+                scalars.update(lr=lr, img_per_s=images / (time.perf_counter() - t0))
+                if rt.is_main:
+                    _log(log, it, scalars, progress)
+                t0, images = time.perf_counter(), 0
+            if it % dc.ckpt_every_iters == 0 or it == stop:
+                save(it)
+                log.sync()
+    finally:
+        log.close()
     barrier(rt)
     if dc.precise_bn_iters and dc.norm == "sync":
         precise_bn(model, dataset, dc, rt, autocast)
@@ -368,12 +376,9 @@ def _to(target: dict, device: torch.device) -> dict:
             for k, v in target.items()}
 
 
-def _log(out: str, it: int, scalars: dict, progress: bool) -> None:
+def _log(log: RunLog, it: int, scalars: dict, progress: bool) -> None:
+    log.log(it, scalars)
     line = {"iter": it, **{k: round(v, 6) for k, v in scalars.items()}}
-    if storage.is_local(out):
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(line) + "\n")
     if progress:
         print("[detection] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in line.items()), flush=True)

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -98,16 +99,19 @@ def detectron2_config(weights_file: str, arch: str, dc: DetectionConfig) -> dict
 
 
 def export(weights: Weights, fmt: str, out: str, dc: DetectionConfig | None = None) -> list[str]:
-    """Write ``weights`` in ``fmt`` to ``out`` (+ ``<out stem>.yaml`` for detectron2); returns
-    the files written."""
+    """Write ``weights`` in ``fmt`` to ``out`` (+ ``<out stem>.yaml`` for detectron2), a local
+    path or an fsspec URL; returns the files written."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     sd = {k: v.detach().cpu().clone() for k, v in weights.state_dict.items()}
     if fmt == "timm":
         _check_timm(sd, weights.arch)
     if fmt in ("torchvision", "timm"):
-        with storage.atomic_local_file(out) as tmp:
-            torch.save(sd, tmp)
+        # Serialised in memory: the zip's record names do not depend on a temporary file name,
+        # so the same weights give the same bytes, at a local path or a URL.
+        buf = io.BytesIO()
+        torch.save(sd, buf)
+        storage.atomic_write(out, buf.getvalue())
         return [out]
     if weights.arch not in D2_RESNETS:
         raise ValueError(f"detectron2 export: no detectron2 ResNet for {weights.arch}")

@@ -9,6 +9,8 @@ raw (float32); the SVM and kNN L2-normalise them.
 
 The cache file is named by a hash of the weights' content digest, the image list (ids, file names
 and sizes) and every setting above, and written atomically: a rerun with the same inputs reads it.
+Images and the cache directory may be local or fsspec URLs (``s3://...``); the same images give
+the same key wherever they are stored.
 """
 
 from __future__ import annotations
@@ -54,8 +56,7 @@ class CentreCropImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        with storage.open_file(self.paths[i], "rb") as f:
-            img = Image.open(io.BytesIO(f.read())).convert("RGB")
+        img = Image.open(io.BytesIO(storage.read_bytes(self.paths[i]))).convert("RGB")
         img = TF.center_crop(TF.resize(img, self.resize), self.crop)
         return TF.pil_to_tensor(img)
 
@@ -119,8 +120,8 @@ def extract(weights: Weights, paths: tuple[str, ...] | list[str], cfg: EvalConfi
 def cache_key(weights: Weights, ids: tuple[str, ...], paths: tuple[str, ...],
               cfg: EvalConfig) -> str:
     h = hashlib.sha256()
-    for i, p in zip(ids, paths):
-        h.update(f"{i}\t{os.path.basename(p)}\t{_size(p)}\n".encode())
+    for i, p, size in zip(ids, paths, _sizes(paths)):
+        h.update(f"{i}\t{os.path.basename(p)}\t{size}\n".encode())
     cuda = resolve_device(cfg.device).type == "cuda"
     settings = {
         "weights": weights.digest, "images": h.hexdigest(), "resize": cfg.resize,
@@ -159,6 +160,17 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-5)
 
 
-def _size(path: str) -> int:
-    fs, p = storage.url_to_fs(path)
-    return int(fs.size(p))
+def _sizes(paths: tuple[str, ...] | list[str]) -> list[int]:
+    """File sizes, in order. Paths on one filesystem are asked together (``fs.sizes``: concurrent
+    HEAD requests on object stores, rather than one round trip per image)."""
+    groups: dict[int, tuple[object, list[int], list[str]]] = {}
+    for n, path in enumerate(paths):
+        fs, p = storage.url_to_fs(path)
+        _, index, fs_paths = groups.setdefault(id(fs), (fs, [], []))
+        index.append(n)
+        fs_paths.append(p)
+    sizes = [0] * len(paths)
+    for fs, index, fs_paths in groups.values():
+        for n, size in zip(index, fs.sizes(fs_paths)):
+            sizes[n] = int(size)
+    return sizes

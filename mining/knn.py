@@ -121,6 +121,23 @@ def load_bank(plan: Plan) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, 
     return np.concatenate(keys) if keys else np.zeros(0, np.int64), bank, ranges
 
 
+def _neighbor_shards(plan: Plan, neighbors: np.ndarray) -> dict:
+    shards = np.unique(plan.shards_of(neighbors[neighbors >= 0]))
+    if not len(shards):
+        return {"neighbor_shard_range": None, "neighbor_shard_count": 0}
+    return {"neighbor_shard_range": [int(shards[0]), int(shards[-1])],
+            "neighbor_shard_count": len(shards)}
+
+
+def neighbor_shard_range(stats: dict) -> tuple[int, int]:
+    """(first, last) input shard holding a neighbour, from a kNN unit record (or (+inf, -inf))."""
+    if "neighbor_shards" in stats:  # a record of an earlier version: the set of shards
+        shards = stats["neighbor_shards"]
+        return (min(shards), max(shards)) if shards else (np.inf, -np.inf)
+    r = stats["neighbor_shard_range"]
+    return (r[0], r[1]) if r else (np.inf, -np.inf)
+
+
 def knn_unit(plan: Plan, sids: list[int], device: str, threads: int = 1) -> dict[int, dict]:
     """Neighbours of the images of input shards ``sids``: one ``knn/knn-{sid}.npz`` each."""
     t0 = time.time()
@@ -138,8 +155,9 @@ def knn_unit(plan: Plan, sids: list[int], device: str, threads: int = 1) -> dict
                            sims=sims)
         stats = {"queries": stop - start, "k": int(idx.shape[1]),
                  "neighbor_sim_hist": sim_hist(sims), "bytes": size,
-                 # What the pairs unit of this shard reads: scheduled when these are embedded.
-                 "neighbor_shards": np.unique(plan.shards_of(neighbors[neighbors >= 0])).tolist()}
+                 # What the pairs unit of this shard reads: scheduled once the RoI embeddings
+                 # of the shards in this range are done (a range: O(1) per shard at any scale).
+                 **_neighbor_shards(plan, neighbors)}
         plan.write_record("knn", sid, stats, time.time() - t0)
         out[sid] = stats
         t0 = time.time()

@@ -20,7 +20,7 @@ Layout of ``MINED``::
     roi_embed/roi-NNNNNN.npy      [sum(counts), F] float16, L2-normalised pooled backbone features
     pairs/pairs-NNNNNN.tar        {key}.pairs = mining.records.PairRecord, + .idx.npy, index.json
     summary.json                  counts and histograms (deterministic)
-    units/<stage>/NNNNNN.<hash>.json
+    units/<stage>/NNNNNN.<hash>.json  stats, seconds, where it ran (host, pid, Ray node)
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -68,7 +71,7 @@ def _digest(obj) -> str:
 def file_sha256(url: str) -> str:
     h = hashlib.sha256()
     with storage.open_file(url, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
+        for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
@@ -108,7 +111,7 @@ class Plan:
     def write_record(self, stage: str, sid: int, stats: dict, seconds: float) -> None:
         storage.atomic_write_json(self.record_url(stage, sid), {
             "stage": stage, "shard": sid, "hash": self.hashes[stage], "stats": stats,
-            "seconds": round(seconds, 3)})
+            "seconds": round(seconds, 3), "worker": where()})
 
     def read_record(self, stage: str, sid: int) -> dict:
         return storage.read_json(self.record_url(stage, sid))
@@ -135,6 +138,17 @@ class Plan:
     @property
     def config_hash(self) -> str:
         return _digest([self.hashes[s] for s in STAGES])
+
+
+def where() -> dict:
+    """Where a unit ran: host, process and, inside a Ray worker, the Ray node id."""
+    node = None
+    if "ray" in sys.modules:  # only a process that imported Ray can be a Ray worker
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+    return {"host": socket.gethostname(), "pid": os.getpid(), "ray_node": node}
 
 
 def data_of(mined: str) -> str:

@@ -27,12 +27,13 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
+from cluster.runtime import ray_session
 from loaders.shards import write_index
 from mining import embed, knn, proposals, roi_embed, roi_pairs
 from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, make_plan
-from mining.ray_runtime import ray_session
 from mining.summary import build_summary
 from orl_fast import storage
 from orl_fast.config import Config, ConfigError, MineConfig, load_config
@@ -121,8 +122,11 @@ class RayExecutor:
         resources = ray.cluster_resources()
         self.cpus = int(resources.get("CPU", 1))
         self.cpu_slots = 2 * self.cpus
+        # SPREAD: CPU units go round the nodes (they read and write storage, not local data),
+        # so every node's cores work from the first unit on.
         self._tasks = {stage: ray.remote(fn).options(
-            num_cpus=1, max_retries=m.max_retries, retry_exceptions=True, name=stage)
+            num_cpus=1, max_retries=m.max_retries, retry_exceptions=True, name=stage,
+            scheduling_strategy="SPREAD")
             for stage, fn in _CPU_UNITS.items()}
         if plan.device == "cuda":
             n = int(resources.get("GPU", 0) * m.actors_per_gpu)
@@ -182,6 +186,49 @@ class RayExecutor:
 # ----------------------------------------------------------------------------- scheduling
 
 
+class PairGate:
+    """When a pairs unit may run: once the RoI embeddings of every shard holding a neighbour of
+    its images are done.
+
+    A unit waits for the shards in the range [lo, hi] of its neighbours' shards (itself
+    included): a superset of its exact dependencies, held in a few integers per shard instead
+    of a set per shard (neighbours of a large set are spread over most shards, so exact sets
+    would cost O(shards^2)). The driver's state stays O(shards) at any scale.
+    """
+
+    def __init__(self, shard_ids: list[int], roi_done: set[int]):
+        self.ids = np.asarray(shard_ids, np.int64)  # increasing
+        self.roi_done = np.isin(self.ids, list(roi_done))
+        n = len(self.ids)
+        self.lo, self.hi = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.left = np.zeros(n, np.int64)  # RoI units in [lo, hi] not done yet
+        self.waiting = np.zeros(n, bool)
+
+    def _pos(self, sid: int) -> int:
+        return int(np.searchsorted(self.ids, sid))
+
+    def wait(self, sid: int, lo: int, hi: int) -> bool:
+        """Register pairs unit ``sid`` needing RoI shards ``lo..hi``; True when it may run now."""
+        i = self._pos(sid)
+        a, b = self._pos(lo), int(np.searchsorted(self.ids, hi, side="right")) - 1
+        self.lo[i], self.hi[i] = a, b
+        self.left[i] = (b - a + 1) - int(self.roi_done[a:b + 1].sum())
+        self.waiting[i] = self.left[i] > 0
+        return not self.waiting[i]
+
+    def done(self, roi_sid: int) -> list[int]:
+        """RoI unit ``roi_sid`` finished: the pairs units that may run now."""
+        p = self._pos(roi_sid)
+        if self.roi_done[p]:
+            return []
+        self.roi_done[p] = True
+        hit = self.waiting & (self.lo <= p) & (p <= self.hi)
+        self.left[hit] -= 1
+        ready = hit & (self.left == 0)
+        self.waiting[ready] = False
+        return self.ids[ready].tolist()
+
+
 class Scheduler:
     """Dependency-driven dispatch of the units that are not done yet."""
 
@@ -193,7 +240,7 @@ class Scheduler:
         self.ready_cpu: collections.deque = collections.deque()
         self.ready_model: collections.deque = collections.deque()
         self.pending: dict[Any, tuple[str, Any]] = {}
-        self.pair_deps: dict[int, set[int]] = {}
+        self.gate = PairGate(plan.shard_ids, self.done["roi"])
         self.knn_submitted = False
         self.bar = tqdm(total=sum(len(t) for t in self.todo.values()), desc="mine",
                         unit="unit", disable=not progress)
@@ -222,14 +269,8 @@ class Scheduler:
     def _knn_done(self, sid: int) -> None:
         if sid not in self.todo["pairs"]:
             return
-        stats = self.plan.read_record("knn", sid)["stats"]
-        self.pair_deps[sid] = {sid, *stats["neighbor_shards"]}
-        self._maybe_pairs(sid)
-
-    def _maybe_pairs(self, sid: int) -> None:
-        deps = self.pair_deps.get(sid)
-        if deps is not None and deps <= self.done["roi"]:
-            del self.pair_deps[sid]
+        lo, hi = knn.neighbor_shard_range(self.plan.read_record("knn", sid)["stats"])
+        if self.gate.wait(sid, min(lo, sid), max(hi, sid)):
             self._queue("pairs", sid)
 
     def _finished(self, stage: str, sid: int) -> None:
@@ -243,8 +284,8 @@ class Scheduler:
         elif stage == "knn":
             self._knn_done(sid)
         elif stage == "roi":
-            for waiting in list(self.pair_deps):
-                self._maybe_pairs(waiting)
+            for ready in self.gate.done(sid):
+                self._queue("pairs", ready)
 
     # --- loop
     def _dispatch(self) -> None:
@@ -329,7 +370,10 @@ def run(cfg: Config, progress: bool = True) -> dict:
             raise ConfigError(f"{name}: required (pass {name}=PATH)")
     t0 = time.time()
     mine = cfg.mine
-    with ray_session(mine) if mine.executor == "ray" else contextlib.nullcontext():
+    session = (ray_session(mine.ray_address, mine.ray_num_cpus, mine.ray_object_store_mb,
+                           use_gpus=mine.device != "cpu")
+               if mine.executor == "ray" else contextlib.nullcontext())
+    with session:
         plan = make_plan(_absolute(cfg.out), _absolute(cfg.data), _absolute(cfg.ckpt), mine,
                          _device(mine))
         for stage in STAGES:

@@ -1,11 +1,13 @@
 """``summary.json``: counts and histograms of a mining run, aggregated from the unit records.
 
-Units report fixed-bin histograms, so the summary costs O(shards) and is byte-identical however
-the run was interrupted and resumed (timings live in ``manifest.json``, not here).
+Units report fixed-bin histograms, so the summary is streamed over the records (one in memory at
+a time) and is byte-identical however the run was interrupted and resumed (timings live in
+``manifest.json``, not here).
 """
 
 from __future__ import annotations
 
+import collections
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,11 +32,22 @@ def count_hist(values) -> list[int]:
     return np.bincount(idx, minlength=len(COUNT_EDGES)).tolist()
 
 
-def _sum(stats: list[dict], name: str):
-    values = [s[name] for s in stats]
-    if values and isinstance(values[0], list):
-        return np.sum(values, axis=0).astype(int).tolist()
-    return int(sum(values))
+def _totals(plan: Plan, stage: str) -> dict:
+    """Field-wise totals of a stage's unit stats, streamed over the records: counts are added,
+    histograms bin by bin, ``k`` is the largest, ``failed_keys`` the smallest FAILED_KEYS_CAP
+    (the driver holds one record at a time: O(1) in the number of shards)."""
+    total: dict = collections.defaultdict(int, failed_keys=[])
+    for sid in plan.shard_ids:
+        for name, v in plan.read_record(stage, sid)["stats"].items():
+            if name == "failed_keys":
+                total[name] = sorted({*total[name], *v})[:FAILED_KEYS_CAP]
+            elif name == "k":
+                total[name] = max(total[name], v)
+            elif isinstance(v, list) and name.endswith("hist"):
+                total[name] = v if name not in total else [a + b for a, b in zip(total[name], v)]
+            elif isinstance(v, int) and not isinstance(v, bool):
+                total[name] += v
+    return total
 
 
 def _mean(total: int, n: int) -> float:
@@ -43,49 +56,46 @@ def _mean(total: int, n: int) -> float:
 
 def build_summary(plan: Plan) -> dict:
     """Aggregate every unit record of ``plan`` (all units must be done)."""
-    s = {stage: [plan.read_record(stage, sid)["stats"] for sid in plan.shard_ids]
-         for stage in ("embed", "proposals", "knn", "roi", "pairs")}
-    failed = sorted({k for stage in ("embed", "proposals", "roi") for st in s[stage]
-                     for k in st["failed_keys"]})
-    records = _sum(s["pairs"], "records")
-    boxes = _sum(s["proposals"], "boxes")
-    with_boxes = _sum(s["proposals"], "with_boxes")
-    pairs = _sum(s["pairs"], "pairs")
+    s = {stage: _totals(plan, stage) for stage in ("embed", "proposals", "knn", "roi", "pairs")}
+    failed = sorted({k for stage in ("embed", "proposals", "roi")
+                     for k in s[stage]["failed_keys"]})[:FAILED_KEYS_CAP]
+    records, pairs = s["pairs"]["records"], s["pairs"]["pairs"]
+    boxes, with_boxes = s["proposals"]["boxes"], s["proposals"]["with_boxes"]
     return {
         "config_hash": plan.config_hash,
         "shards": len(plan.shard_ids),
-        "images": _sum(s["embed"], "images"),
-        "decode_failed": {stage: _sum(s[stage], "decode_failed")
+        "images": s["embed"]["images"],
+        "decode_failed": {stage: s[stage]["decode_failed"]
                           for stage in ("embed", "proposals", "roi")},
-        "failed_keys": failed[:FAILED_KEYS_CAP],
+        "failed_keys": failed,
         "knn": {
-            "queries": _sum(s["knn"], "queries"),
-            "k": max((st["k"] for st in s["knn"]), default=0),
+            "queries": s["knn"]["queries"],
+            "k": s["knn"]["k"],
             "neighbor_sim_hist": {"edges": SIM_EDGES,
-                                  "counts": _sum(s["knn"], "neighbor_sim_hist")},
+                                  "counts": s["knn"]["neighbor_sim_hist"]},
         },
         "proposals": {
             "images": with_boxes,
             "boxes": boxes,
             "boxes_per_image": _mean(boxes, with_boxes),
-            "raw_boxes_per_image": _mean(_sum(s["proposals"], "raw_boxes"), with_boxes),
-            "fallback_whole_image": _sum(s["proposals"], "fallback_whole_image"),
+            "raw_boxes_per_image": _mean(s["proposals"]["raw_boxes"], with_boxes),
+            "fallback_whole_image": s["proposals"]["fallback_whole_image"],
             "boxes_per_image_hist": {"edges": COUNT_EDGES,
-                                     "counts": _sum(s["proposals"], "boxes_per_image_hist")},
+                                     "counts": s["proposals"]["boxes_per_image_hist"]},
         },
-        "roi_embeddings": _sum(s["roi"], "rois"),
+        "roi_embeddings": s["roi"]["rois"],
         "pairs": {
             "records": records,
             "pairs": pairs,
             "pairs_per_record": _mean(pairs, records),
-            "neighbors_without_pairs": _sum(s["pairs"], "neighbors_without_pairs"),
-            "queries_without_proposals": _sum(s["pairs"], "queries_without_proposals"),
+            "neighbors_without_pairs": s["pairs"]["neighbors_without_pairs"],
+            "queries_without_proposals": s["pairs"]["queries_without_proposals"],
             "pairs_per_record_hist": {"edges": COUNT_EDGES,
-                                      "counts": _sum(s["pairs"], "pairs_per_record_hist")},
-            "score_hist": {"edges": SIM_EDGES, "counts": _sum(s["pairs"], "score_hist")},
+                                      "counts": s["pairs"]["pairs_per_record_hist"]},
+            "score_hist": {"edges": SIM_EDGES, "counts": s["pairs"]["score_hist"]},
         },
-        "bytes": {stage: _sum(s[stage], "bytes") for stage in
+        "bytes": {stage: s[stage]["bytes"] for stage in
                   ("embed", "knn", "proposals", "roi", "pairs")},
-        "bytes_per_image": {"proposals": _mean(_sum(s["proposals"], "bytes"), with_boxes),
-                            "pairs": _mean(_sum(s["pairs"], "bytes"), records)},
+        "bytes_per_image": {"proposals": _mean(s["proposals"]["bytes"], with_boxes),
+                            "pairs": _mean(s["pairs"]["bytes"], records)},
     }

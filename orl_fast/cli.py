@@ -90,9 +90,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from cluster.submit import submit
 
-    headers = dict(h.split("=", 1) for h in args.header)
+    headers = {}
+    for item in args.header:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise SystemExit(f"orl-fast submit: --header {item!r}: expected NAME=VALUE")
+        headers[name.strip()] = value
     for item in args.header_env:
-        name, _, var = item.partition("=")
+        name, eq, var = item.partition("=")
+        if not eq or not name.strip() or not var:
+            raise SystemExit(f"orl-fast submit: --header-env {item!r}: expected NAME=VAR")
+        name = name.strip()
         if var not in os.environ:
             raise SystemExit(f"orl-fast submit: --header-env {item}: ${var} is not set")
         headers[name] = os.environ[var]

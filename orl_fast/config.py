@@ -132,11 +132,29 @@ class TrainConfig:
     log_every_steps: int = 20
     # Stop after this many optimiser steps (0: run all epochs). Schedules still span all epochs.
     max_steps: int = 0
+    # Where the ranks come from. direct: this process is the run (alone, or one of the processes
+    # torchrun starts, on one node or many). ray: Ray Train starts ray_workers ranks on a Ray
+    # cluster (a private loopback one unless ray_address or RAY_ADDRESS names one), each with
+    # ray_cpus_per_worker CPUs and, when the run is on GPUs (device cuda, or auto and the
+    # cluster has GPUs), ray_gpus_per_worker GPUs. A worker group that fails is restarted up to
+    # ray_max_failures times and resumes from OUT's latest checkpoint (OUT must be shared storage
+    # or an object store URL when ranks span nodes).
+    launcher: Literal["direct", "ray"] = "direct"
+    ray_workers: int = 1
+    ray_cpus_per_worker: int = 1
+    ray_gpus_per_worker: int = 1
+    ray_address: str = ""
+    ray_max_failures: int = 0
 
     def validate(self, p: str) -> None:
         _positive(p, self, "epochs", "batch_size", "ckpt_every_steps", "keep_last",
-                  "log_every_steps", "prefetch_factor")
-        _non_negative(p, self, "num_workers", "max_steps", "seed")
+                  "log_every_steps", "prefetch_factor", "ray_workers", "ray_cpus_per_worker",
+                  "ray_gpus_per_worker")
+        _non_negative(p, self, "num_workers", "max_steps", "seed", "ray_max_failures")
+        if self.launcher == "ray" and self.batch_size % self.ray_workers:
+            raise ConfigError(f"{p}batch_size: {self.batch_size} must be divisible by "
+                              f"{p}ray_workers={self.ray_workers} (the global batch is split "
+                              "evenly over the ranks)")
         if not 0 <= self.tau_base <= 1:
             raise ConfigError(f"{p}tau_base: must be in [0, 1], got {self.tau_base}")
 

@@ -8,7 +8,6 @@ same run.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from orl_fast import checkpoint, storage
 from orl_fast.config import Config, OptimConfig
 from orl_fast.distributed import Runtime, convert_sync_batchnorm, mean_across_ranks
+from orl_fast.runlog import RunLog
 from orl_fast.schedules import ema_tau, learning_rate
 
 
@@ -128,9 +127,9 @@ def fit(cfg: Config, model: nn.Module, num_images: int,
         train_model = torch.compile(train_model)
     autocast = autocast_for(t.precision, rt.device)
 
-    # Scalars go to TensorBoard (OUT/tb) and OUT/metrics.jsonl when OUT is a local directory.
-    log_locally = rt.is_main and storage.is_local(cfg.out)
-    writer = SummaryWriter(storage.join(cfg.out, "tb")) if log_locally else None
+    # Scalars go to TensorBoard (OUT/tb) and OUT/metrics.jsonl (staged and uploaded when OUT is
+    # remote: see RunLog).
+    log = RunLog(cfg.out, key="step", tb_prefix=stage, resumed_at=step, enabled=rt.is_main)
     bar = tqdm(total=sched.stop_step, initial=step, desc=stage, unit="step",
                disable=not rt.is_main, dynamic_ncols=True)
     last_ckpt = resumed or ""
@@ -145,46 +144,40 @@ def fit(cfg: Config, model: nn.Module, num_images: int,
         return checkpoint.save(cfg.out, at_step, payload, t.keep_last) if rt.is_main else ""
 
     model.train()
-    window_start, window_images, data_wait = time.perf_counter(), 0, 0.0
-    fetch_start = time.perf_counter()
-    for batch in loader_fn(step, sched.stop_step):
-        inputs = tuple(x.to(dtype) if x.is_floating_point() else x
-                       for x in prepare(batch, rt.device))
-        data_wait += time.perf_counter() - fetch_start
-        lr, tau = sched.lr(step), sched.tau(step)
-        loss, metrics = train_step(train_model, model, optimizer, inputs, lr, tau, autocast)
-        step += 1
-        window_images += t.batch_size
-        bar.update(1)
-
-        if step % t.log_every_steps == 0 or step == sched.stop_step:
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{stage}] loss is {loss.item()} at step {step}")
-            scalars = {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
-            scalars = mean_across_ranks(scalars, rt)
-            elapsed = time.perf_counter() - window_start
-            scalars.update(lr=lr, tau=tau, img_per_s=window_images / elapsed,
-                           data_wait_frac=data_wait / elapsed)
-            if log_locally:
-                _log(cfg.out, writer, stage, step, scalars)
-            if rt.is_main:
-                bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['img_per_s']:.0f}")
-            window_start, window_images, data_wait = time.perf_counter(), 0, 0.0
-
-        if (step % t.ckpt_every_steps == 0 or step % sched.steps_per_epoch == 0
-                or step == sched.stop_step):
-            last_ckpt = save(step) or last_ckpt
+    try:
+        window_start, window_images, data_wait = time.perf_counter(), 0, 0.0
         fetch_start = time.perf_counter()
+        for batch in loader_fn(step, sched.stop_step):
+            inputs = tuple(x.to(dtype) if x.is_floating_point() else x
+                           for x in prepare(batch, rt.device))
+            data_wait += time.perf_counter() - fetch_start
+            lr, tau = sched.lr(step), sched.tau(step)
+            loss, metrics = train_step(train_model, model, optimizer, inputs, lr, tau, autocast)
+            step += 1
+            window_images += t.batch_size
+            bar.update(1)
 
-    bar.close()
-    if writer:
-        writer.close()
+            if step % t.log_every_steps == 0 or step == sched.stop_step:
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"[{stage}] loss is {loss.item()} at step {step}")
+                scalars = {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+                scalars = mean_across_ranks(scalars, rt)
+                elapsed = time.perf_counter() - window_start
+                scalars.update(lr=lr, tau=tau, img_per_s=window_images / elapsed,
+                               data_wait_frac=data_wait / elapsed)
+                log.log(step, scalars)
+                if rt.is_main:
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}",
+                                    img_s=f"{scalars['img_per_s']:.0f}")
+                window_start, window_images, data_wait = time.perf_counter(), 0, 0.0
+
+            if (step % t.ckpt_every_steps == 0 or step % sched.steps_per_epoch == 0
+                    or step == sched.stop_step):
+                last_ckpt = save(step) or last_ckpt
+                log.sync()  # a remote OUT gets the log up to this checkpoint
+            fetch_start = time.perf_counter()
+
+    finally:
+        bar.close()
+        log.close()
     return last_ckpt
-
-
-def _log(out: str, writer: SummaryWriter, stage: str, step: int, scalars: dict) -> None:
-    for k, v in scalars.items():
-        writer.add_scalar(f"{stage}/{k}", v, step)
-    line = json.dumps({"step": step, **{k: round(v, 6) for k, v in scalars.items()}})
-    with open(storage.join(out, "metrics.jsonl"), "a") as f:
-        f.write(line + "\n")

@@ -51,6 +51,10 @@ def views_to_device(cfg: Config):
 
 def run(cfg: Config) -> str:
     require(cfg, "data", "out")
+    if cfg.train.launcher == "ray":
+        from orl_fast import ray_train
+
+        return ray_train.run(cfg, "stage1")
     rt = init_runtime(cfg.train.device)
     try:
         seed_everything(cfg)

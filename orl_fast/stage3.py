@@ -77,6 +77,10 @@ def run(cfg: Config) -> str:
     require(cfg, "data", "out")
     if cfg.orl.init == "stage1":
         require(cfg, "ckpt")
+    if cfg.train.launcher == "ray":
+        from orl_fast import ray_train
+
+        return ray_train.run(cfg, "stage3")
     rt = init_runtime(cfg.train.device)
     try:
         seed_everything(cfg)

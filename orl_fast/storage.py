@@ -31,8 +31,12 @@ def _file_mode() -> int:
 
 
 def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
+    """The filesystem and path of ``url``. Remote filesystems are opened without a listings
+    cache: other processes (ingest workers, Ray tasks on other nodes) write into the directories
+    this one lists, and a stale listing would hide their files."""
+    if "://" not in url or url.startswith("file://"):
+        return fsspec.core.url_to_fs(url)
+    return fsspec.core.url_to_fs(url, use_listings_cache=False)
 
 
 def is_local(url: str) -> bool:

@@ -182,3 +182,13 @@ def bad_corpus(tmp_path_factory):
         "ignored": 1,
     }
     return root, expected
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto) on 127.0.0.1; AWS_ENDPOINT_URL points every client at it."""
+    pytest.importorskip("moto.server", reason="needs the dev extra (moto[server])")
+    pytest.importorskip("s3fs", reason="needs the s3 extra (s3fs)")
+    from s3_support import start_server
+
+    yield from start_server()

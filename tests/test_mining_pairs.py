@@ -81,3 +81,21 @@ def test_crops_and_batching():
     out = list(forward_batched(chunks, lambda x: x.numpy().ravel(), 4))
     assert [len(o) for o in out] == [4, 4, 1]
     assert np.concatenate(out).tolist() == [0, 0, 0, 2, 2, 2, 2, 2, 3]
+
+
+def test_pair_gate_waits_for_every_roi_shard_in_the_neighbour_range():
+    from mining.pipeline import PairGate
+
+    ids = [0, 1, 2, 4, 7]  # input shards (3, 5 and 6 held no image)
+    gate = PairGate(ids, roi_done={4})
+    assert gate.wait(1, lo=0, hi=2) is False      # needs 0, 1, 2
+    assert gate.wait(4, lo=4, hi=4) is True       # its only shard is done already
+    assert gate.wait(7, lo=2, hi=7) is False      # needs 2, 4 (done), 7
+    assert gate.done(2) == []                     # 1 still waits for 0, 1; 7 for 7
+    assert gate.done(2) == []                     # a repeated completion changes nothing
+    assert gate.done(7) == [7]
+    assert gate.done(0) == []
+    assert gate.done(1) == [1]
+    assert not gate.waiting.any()
+    # State is a few integers per shard, whatever the number of neighbours.
+    assert sum(a.nbytes for a in (gate.ids, gate.lo, gate.hi, gate.left)) == 4 * 8 * len(ids)

@@ -19,10 +19,9 @@ import pytest
 from conftest import orl_fast_cmd, subprocess_env
 from mining_support import MINE, MODEL, make_ckpt, mine_config, output_digests
 
+from cluster.runtime import ray_session
 from mining import pipeline
-from mining.ray_runtime import ray_session
 from mining.records import open_pairs, read_record
-from orl_fast.config import MineConfig
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +74,7 @@ def _descendants(root: int) -> dict[int, str]:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray for this module's in-process runs (pipeline.run uses a running session)."""
-    with ray_session(MineConfig(ray_num_cpus=2)):
+    with ray_session(num_cpus=2):
         yield
 
 
