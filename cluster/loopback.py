@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.runtime import worker_pythonpath
+from cluster.runtime import free_port, worker_pythonpath
 
 MARKER = "ORL_LOOPBACK_RAY_NODE"
 LOOPBACK = "127.0.0.1"
@@ -75,12 +74,6 @@ if sys.argv[1:2] == ["--join"]:
 sys.argv = ["ray", "start", *sys.argv[1:]]
 scripts.main()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -40,7 +40,8 @@ def worker_pythonpath() -> str:
     return os.pathsep.join([PACKAGE_ROOT, *[p for p in rest if p != PACKAGE_ROOT]])
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -79,7 +80,7 @@ def ray_session(address: str = "", num_cpus: int = 0, object_store_mb: int = 256
             object_store_memory=object_store_mb << 20,
             include_dashboard=dashboard,
             dashboard_host="127.0.0.1",
-            dashboard_port=_free_port() if dashboard else None,
+            dashboard_port=free_port() if dashboard else None,
             log_to_driver=True,
             runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}},
         )

@@ -32,13 +32,11 @@ LABEL_HEIGHT = 18
 def list_images(source: str, limit: int) -> list[str]:
     """The first ``limit`` images (sorted) of a directory, or the paths listed in a text file
     (local or fsspec URLs, e.g. ``s3://bucket/images``)."""
-    fs, fs_path = storage.url_to_fs(source)
-    if fs.isdir(fs_path):
+    if storage.isdir(source):
         names = sorted(n for n in storage.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS))
         paths = [storage.join(source, n) for n in names]
     else:
-        text = storage.read_bytes(source).decode("utf-8")
-        paths = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        paths = [ln.strip() for ln in storage.read_text(source).splitlines() if ln.strip()]
     if not paths:
         raise FileNotFoundError(f"{source}: no images")
     return paths[:limit] if limit else paths

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 
+from orl_fast import storage
 from orl_fast.config import ConfigError, load_config
 
 CLASSIFICATION = {
@@ -20,13 +21,6 @@ CLASSIFICATION = {
     "linear": "linear probe on frozen features: per-class AP, mAP (top-1 on single-label sets)",
 }
 DEFAULT_OUT = "orl-fast-eval"
-
-
-def _read_text(path: str) -> str:
-    """A report file, local or at an fsspec URL (``--out s3://...``)."""
-    from orl_fast import storage
-
-    return storage.read_bytes(path).decode("utf-8")
 
 
 def _config(args: argparse.Namespace):
@@ -53,7 +47,7 @@ def cmd_classification(args: argparse.Namespace) -> int:
         raise ConfigError("--data: required unless --train is a COCO .json file")
     rep = classification.run(args.task, cfg, args.data, args.train, args.test, args.out,
                              progress=not args.quiet)
-    print(_read_text(rep["files"]["markdown"]))
+    print(storage.read_text(rep["files"]["markdown"]))
     print(f"report: {rep['files']['json']}")
     return 0
 
@@ -65,7 +59,7 @@ def cmd_detection(args: argparse.Namespace) -> int:
     rep = detection.run(cfg, args.train_json, args.val_json, args.out, args.train_images,
                         args.val_images, progress=not args.quiet)
     if rep:
-        print(_read_text(rep["files"]["markdown"]))
+        print(storage.read_text(rep["files"]["markdown"]))
         print(f"report: {rep['files']['json']}")
     return 0
 

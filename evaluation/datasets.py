@@ -105,18 +105,10 @@ def parent(path: str) -> str:
     return os.path.dirname(os.path.abspath(path))
 
 
-def _isdir(path: str) -> bool:
-    fs, p = storage.url_to_fs(path)
-    return fs.isdir(p)
-
-
-def _read_text(path: str) -> str:
-    return storage.read_bytes(path).decode("utf-8")
-
-
 def _find_devkit(root: str) -> str | None:
     for d in (root, storage.join(root, "VOC2007"), storage.join(root, "VOCdevkit", "VOC2007")):
-        if _isdir(storage.join(d, "ImageSets", "Main")) and _isdir(storage.join(d, "JPEGImages")):
+        if storage.isdir(storage.join(d, "ImageSets", "Main")) and storage.isdir(
+                storage.join(d, "JPEGImages")):
             return d
     return None
 
@@ -128,7 +120,7 @@ def load_vocdevkit(root: str, split: str) -> LabelledImages:
         path = storage.join(main, f"{cls}_{split}.txt")
         if not storage.exists(path):
             raise FileNotFoundError(f"{path}: no such split file (split {split!r})")
-        lines = _read_text(path).splitlines()
+        lines = storage.read_text(path).splitlines()
         columns.append({img: int(lab) for img, lab in (ln.split() for ln in lines if ln.strip())})
     ids = sorted(columns[0])
     labels = np.array([[col[i] for col in columns] for i in ids], dtype=np.int8)
@@ -139,7 +131,7 @@ def load_vocdevkit(root: str, split: str) -> LabelledImages:
 
 def load_labels_csv(root: str, split: str) -> LabelledImages:
     path = storage.join(root, "labels.csv")
-    rows = list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(path), newline="")))
     if not rows:
         raise ValueError(f"{path}: empty")
     classes = tuple(c for c in rows[0] if c not in ("id", "split"))

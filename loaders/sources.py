@@ -53,23 +53,13 @@ def list_sources(src: str, extensions: tuple[str, ...]) -> SourceListing:
                          "decompress it to a plain .tar first")
     if lower.endswith(".tar"):
         return _from_tar(src, exts)
-    if lower.endswith((".txt", ".lst", ".list")) and _is_file(src):
+    if lower.endswith((".txt", ".lst", ".list")) and storage.isfile(src):
         return _from_list(src, exts)
-    if _is_dir(src):
+    if storage.isdir(src):
         return _from_paths(_walk(src), exts, "directory")
-    if _is_file(src):
+    if storage.isfile(src):
         return _from_paths([src], exts, "file")
     raise FileNotFoundError(f"ingest source {src!r}: no such directory, file, glob match or tar")
-
-
-def _is_dir(url: str) -> bool:
-    fs, path = storage.url_to_fs(url)
-    return fs.isdir(path)
-
-
-def _is_file(url: str) -> bool:
-    fs, path = storage.url_to_fs(url)
-    return fs.isfile(path)
 
 
 def _unstrip(url: str, fs, path: str) -> str:
@@ -106,7 +96,7 @@ def _from_paths(paths: list[str], exts: tuple[str, ...], kind: str) -> SourceLis
 def _from_list(url: str, exts: tuple[str, ...]) -> SourceListing:
     base = posixpath.dirname(url) if "://" in url else None
     paths = []
-    for line in storage.read_bytes(url).decode().splitlines():
+    for line in storage.read_text(url).splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -59,7 +59,7 @@ class RunLog:
         url = storage.join(self.out, METRICS_FILE)
         kept = []
         if resumed_at and storage.exists(url):
-            for line in storage.read_bytes(url).decode().splitlines():
+            for line in storage.read_text(url).splitlines():
                 if line.strip() and json.loads(line).get(self.key, 0) <= resumed_at:
                     kept.append(line + "\n")
         with open(self.metrics_path, "w") as f:

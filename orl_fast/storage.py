@@ -69,8 +69,22 @@ def read_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
 def read_json(url: str) -> Any:
     return json.loads(read_bytes(url))
+
+
+def isdir(url: str) -> bool:
+    fs, path = url_to_fs(url)
+    return fs.isdir(path)
+
+
+def isfile(url: str) -> bool:
+    fs, path = url_to_fs(url)
+    return fs.isfile(path)
 
 
 def listdir(url: str) -> list[str]:
@@ -88,9 +102,8 @@ def remove(url: str) -> None:
 
 
 def atomic_write(url: str, data: bytes) -> None:
-    with atomic_local_file(url) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+    with atomic_local_file(url) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_json(url: str, obj: Any, indent: int | None = 1) -> None:

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import TINY_OVERRIDES, orl_fast_cmd, subprocess_env
 from orl_helpers import TINY_ORL, random_pairs
-from s3_support import free_port
 
 from cluster.loopback import descendants, is_loopback, listening_addresses
+from cluster.runtime import free_port
 from orl_fast import checkpoint
 
 pytestmark = pytest.mark.slow

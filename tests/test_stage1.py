@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -15,14 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import TINY_OVERRIDES, orl_fast_cmd, subprocess_env
 
+from cluster.runtime import free_port
 from orl_fast import checkpoint, stage1
 from orl_fast.distributed import CrossRankBatchNorm, convert_sync_batchnorm
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metrics(run) -> list[dict]:
