@@ -30,12 +30,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_common import SHARED_DATA
+
 from evaluation import backbones, classification, datasets, report
 from evaluation.features import CentreCropImages, PooledFeatures, extract, resolve_device
 from orl_fast.augment import normalize
 from orl_fast.config import IMAGENET_MEAN, IMAGENET_STD, load_config
 
-DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "voc07")
+DEFAULT_DATA = str(SHARED_DATA / "voc07")
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from mining_common import OUT, coco_shards, machine, random_stage1
+from bench_common import OUT, coco_shards, machine, random_stage1
 
 from mining import official_json, pipeline
 from mining.manifest import SUMMARY

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from mining_common import machine
+from bench_common import machine
 
 from mining.knn import KnnIndex
 

@@ -18,7 +18,7 @@ import json
 import shutil
 import tempfile
 
-from mining_common import OUT, coco_shards, machine, proposal_rate, random_stage1
+from bench_common import OUT, coco_shards, machine, proposal_rate, random_stage1
 
 from cluster.loopback import start_head, start_worker, stop
 from cluster.runtime import ray_session

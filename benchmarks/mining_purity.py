@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mining_common import COCO_MINI, OUT, coco_shards, machine, random_stage1
+from bench_common import COCO_MINI, OUT, coco_shards, machine, random_stage1
 
 from mining import pipeline
 from mining.purity import pair_purity

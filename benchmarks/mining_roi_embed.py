@@ -1,6 +1,7 @@
 """RoI embedding RoIs/s: the full unit (read, decode, crop, embed, write) vs the model alone.
 
-(a) ``mining.roi_embed.roi_unit`` on one shard of coco-mini: JPEGs read from the shard,
+(a) ``mining.roi_embed.roi_unit`` on the shards of coco-mini, one after the other (one model
+    actor's work; selective search made beforehand in parallel): JPEGs read from the shard,
     decoded (nvjpeg on GPU, Pillow on CPU), every kept box cut and resized by one roi_align
     per image, the Stage 1 backbone in batches, float16 rows streamed to disk;
 (b) the same ``ModelRunner.embed`` on synthetic crops already on the device, as many RoIs.
@@ -21,11 +22,10 @@ import shutil
 import time
 
 import torch
-from mining_common import OUT, coco_shards, machine, random_stage1
+from bench_common import OUT, coco_shards, machine, propose_all, random_stage1
 
 from mining.embed import ModelRunner
 from mining.manifest import make_plan
-from mining.proposals import proposals_unit
 from mining.roi_embed import roi_unit
 from orl_fast.config import MineConfig
 
@@ -50,7 +50,7 @@ def main() -> None:
     images = args.images or (256 if gpu else 16)
     size = args.roi_size or (224 if gpu else 64)
     batch = args.batch or (512 if gpu else 64)
-    shards = coco_shards(images, images)  # one shard
+    shards = coco_shards(images, min(images, 64))
     config = args.model or ("paper" if gpu else "small")
     backbone = {"paper": "resnet50", "small": "resnet18"}[config]
     ckpt = random_stage1(config, [], backbone)
@@ -59,9 +59,8 @@ def main() -> None:
     out = OUT / f"roi-bench-{args.device}"
     shutil.rmtree(out, ignore_errors=True)
     plan = make_plan(str(out), shards, ckpt, mine, args.device)
-    for stage in ("proposals", "roi"):
-        os.makedirs(plan.dir(stage), exist_ok=True)
-    proposals_unit(plan, 0)
+    os.makedirs(plan.dir("roi"), exist_ok=True)
+    propose_all(plan, os.cpu_count() or 1)
     runner = ModelRunner(ckpt, mine, args.device, threads=torch.get_num_threads())
 
     def sync():
@@ -73,7 +72,7 @@ def main() -> None:
     def unit() -> tuple[int, float]:
         sync()
         t0 = time.perf_counter()
-        rois = roi_unit(plan, 0, runner)["rois"]
+        rois = sum(roi_unit(plan, sid, runner)["rois"] for sid in plan.shard_ids)
         sync()
         return rois, rois / (time.perf_counter() - t0)
 

@@ -83,7 +83,7 @@ def main() -> None:
         print(json.dumps(child(args.work, args.child)))
         return
 
-    from mining_common import machine
+    from bench_common import machine
 
     from mining.simulate import synthetic_dataset
 

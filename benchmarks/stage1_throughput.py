@@ -26,21 +26,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loaders.ingest import ingest  # noqa: E402
-from loaders.sampling import StepBatchSampler  # noqa: E402
-from loaders.torch_loader import ImageViewsDataset, make_loader  # noqa: E402
-from orl_fast.augment import TwoViews  # noqa: E402
-from orl_fast.config import load_config  # noqa: E402
-from orl_fast.engine import autocast_for, make_optimizer, train_step  # noqa: E402
-from orl_fast.models import BYOL  # noqa: E402
-from orl_fast.stage1 import views_to_device  # noqa: E402
+from bench_common import COCO_MINI, cache_dir
+
+from loaders.ingest import ingest
+from loaders.sampling import StepBatchSampler
+from loaders.torch_loader import ImageViewsDataset, make_loader
+from orl_fast.augment import TwoViews
+from orl_fast.config import load_config
+from orl_fast.engine import autocast_for, make_optimizer, train_step
+from orl_fast.models import BYOL
+from orl_fast.stage1 import views_to_device
 
 
-def default_shards(out: Path) -> str:
-    src = ROOT.parent / "shared" / "data" / "coco-mini" / "images"
+def default_shards() -> str:
+    src = COCO_MINI / "images"
     if not src.is_dir():
         sys.exit(f"no data: pass --data SHARDS (looked for {src})")
-    shards = out / "coco-mini-shards"
+    shards = cache_dir("coco-mini-shards", src)
     cfg = load_config("paper").ingest
     ingest(str(src), str(shards), cfg, progress=False)
     return str(shards)
@@ -84,7 +86,7 @@ def main() -> None:
     cfg = load_config(args.config or ("paper" if gpu else "small"),
                       [f"train.batch_size={batch}", f"train.num_workers={workers}",
                        *args.overrides])
-    shards = args.data or default_shards(ROOT / "benchmarks" / "out")
+    shards = args.data or default_shards()
 
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True

@@ -8,11 +8,14 @@ prints ORL training images/s, measured by the trainer itself (``orl_fast.engine.
     (c) the torch DataLoader + Pillow/torchvision path with the same number of CPU workers,
 
 the ratios b/a and b/c, and, to show where the time goes, loader-only images/s of both paths
-(DALI with the neighbour patch from a full decode and from a decoder-side ROI decode).
-CPU mode prints loader-only images/s of DALI's CPU backend and of the torch path.
+(DALI with the neighbour patch from a full decode and from a decoder-side ROI decode) and the
+host-side cost of one sample in one process (DALI's Python source: plan + JPEG bytes; the torch
+path: plan + decode + crops + augmentations), i.e. what each CPU worker can feed.
+CPU mode prints loader-only images/s of DALI's CPU backend and of the torch path, and the same
+host-side rates.
 
 Data: generated 640x480 scenes (COCO-sized JPEGs) ingested into shards, with random pair shards
-(``loaders.synthetic_pairs``); made once in --data and reused.
+(``loaders.synthetic_pairs``); made once per --images count in --data and reused.
 
     python benchmarks/stage3_loader.py --mode gpu --workers 8            # on the GPU machine
     python benchmarks/stage3_loader.py --mode cpu --workers 2 --batch 32  # anywhere
@@ -54,7 +57,8 @@ def _scenes(args: tuple[str, int, int]) -> str:
 
 
 def make_data(root: Path, num_images: int, workers: int) -> tuple[str, str]:
-    """640x480 scene JPEGs -> shards + random pair shards (cached in ``root``)."""
+    """640x480 scene JPEGs -> shards + random pair shards (cached in ``root``, per count)."""
+    root = root / f"{num_images}-images"
     shards, mined = root / "shards", root / "mined"
     if (mined / "pairs" / "index.json").exists():
         return str(shards), str(mined)
@@ -97,6 +101,32 @@ def loader_only(cfg, kind: str, steps: int, warmup: int) -> float:
         del inputs
         torch.cuda.synchronize()
     return steps * cfg.train.batch_size / (time.perf_counter() - start)
+
+
+def host_rate(cfg, samples: int) -> dict:
+    """Samples/s of each loader's host-side work in one process, no loader around it: what one
+    CPU worker can feed. DALI's Python source only plans a sample and reads its JPEG bytes (the
+    GPU decodes, cuts and augments); the torch path also decodes, cuts and augments on the CPU."""
+    from loaders.dali_loader import ORLSource
+    from loaders.orl_torch import ORLDataset
+    from loaders.sampling import StepBatchSampler
+
+    builder = SampleBuilder(cfg)
+    batch = min(samples, len(builder))
+    steps = -(-samples // batch)
+    sampler = StepBatchSampler(len(builder), batch, 0, 1, cfg.train.seed, 0, steps + 1)
+    items = [item for step in range(1, steps + 1) for item in sampler.batch(step)][:samples]
+    source = ORLSource(builder, sampler, roi_decode=False)
+    dataset = ORLDataset(builder)
+    rates = {}
+    for name, fn in (("dali_source", lambda e, p: source.arrays(builder.plan(e, p))),
+                     ("torch_sample", lambda e, p: dataset[(e, p)])):
+        fn(*sampler.batch(0)[0])  # warm-up
+        t0 = time.perf_counter()
+        for e, p in items:
+            fn(e, p)
+        rates[name] = round(samples / (time.perf_counter() - t0), 1)
+    return rates
 
 
 def train(cfg, kind: str, steps: int, warmup: int) -> dict:
@@ -144,6 +174,8 @@ def main() -> int:
     ap.add_argument("--prefetch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--host-samples", type=int, default=256,
+                    help="samples timed for the host-side cost per process")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if args.mode == "gpu" and not torch.cuda.is_available():
@@ -165,6 +197,7 @@ def main() -> int:
     def cfg(name: str, *extra: str):
         return config(args, shards, mined, os.path.join(runs, name), *extra)
 
+    measure("host_samples_per_s_one_process", host_rate, cfg("h"), args.host_samples)
     measure("loader_dali", loader_only, cfg("ld"), "dali", args.steps, args.warmup)
     measure("loader_torch", loader_only, cfg("lt"), "torch", args.steps, args.warmup)
     if args.mode == "gpu":

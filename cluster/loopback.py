@@ -52,7 +52,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.runtime import free_port, worker_pythonpath
+from cluster.runtime import free_port, require_dashboard, worker_pythonpath
 
 MARKER = "ORL_LOOPBACK_RAY_NODE"
 LOOPBACK = "127.0.0.1"
@@ -201,6 +201,7 @@ def start_head(tmp: str | os.PathLike, num_cpus: int = 1, dashboard: bool = Fals
             "--object-store-memory", str(object_store_mb << 20), *_port_args(head=True)]
     dashboard_url = None
     if dashboard:
+        require_dashboard("a loopback head with its dashboard")
         dash_port = free_port()
         args += ["--include-dashboard", "true", "--dashboard-host", LOOPBACK,
                  "--dashboard-port", str(dash_port)]

@@ -23,6 +23,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from orl_fast.extras import MissingExtra, require
+
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
@@ -33,6 +35,18 @@ def _loopback_only() -> None:
     from ray._private import ray_constants  # read at import time: patch this process too
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def require_dashboard(purpose: str) -> None:
+    """Ray's dashboard (job submission, Ray Train's controller) needs ``ray[default]``, which a
+    minimal Ray lacks: say so at start-up, not as Ray's traceback from its head."""
+    from ray._private import utils
+
+    check = getattr(utils, "get_dashboard_dependency_error", None)  # private: may move
+    error = check() if check else None
+    if error:
+        raise MissingExtra(f"{purpose} needs Ray's dashboard, whose dependencies (ray[default]) "
+                           f"are missing ({error}): pip install 'orl-fast[ray]'")
 
 
 def worker_pythonpath() -> str:
@@ -61,12 +75,14 @@ def ray_session(address: str = "", num_cpus: int = 0, object_store_mb: int = 256
     dashboard (Ray's state API, which Ray Train's controller polls) listens on 127.0.0.1 at a
     free port.
     """
-    import ray
+    ray = require("ray", "ray", "Ray (Stage 2 mining, train.launcher=ray)")
 
     if ray.is_initialized():
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
+    if dashboard and not address:
+        require_dashboard("a local Ray with its dashboard (train.launcher=ray)")
     if address:
         if is_loopback(address):
             _loopback_only()  # a cluster on this machine's loopback: be a loopback node too

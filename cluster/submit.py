@@ -28,6 +28,8 @@ import shlex
 import sys
 import time
 
+from orl_fast.extras import require
+
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never uploaded with --working-dir (besides what the checkout's .gitignore excludes: Ray honours it).
 UPLOAD_EXCLUDES = [".git", "runs", "orl-fast-demo", "benchmarks/out", "*.egg-info", "__pycache__",
@@ -99,7 +101,7 @@ def submit(command: list[str], address: str | None = None, working_dir: str | No
            wait: bool = True, num_cpus: float | None = None, num_gpus: float | None = None,
            timeout_s: float | None = None) -> int:
     """Submit; with ``wait`` stream the logs and return 0 if the job succeeded, else 1."""
-    from ray.job_submission import JobSubmissionClient
+    JobSubmissionClient = require("ray.job_submission", "ray", "orl-fast submit").JobSubmissionClient
 
     try:
         from ray.exceptions import AuthenticationError  # Ray >= 2.52

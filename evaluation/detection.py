@@ -26,9 +26,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -53,7 +50,13 @@ from orl_fast.distributed import (
     init_runtime,
     mean_across_ranks,
 )
+from orl_fast.extras import require
 from orl_fast.runlog import RunLog
+
+require("pycocotools", "eval", "the detection transfer (COCO masks and metrics)")
+from pycocotools import mask as mask_utils  # (after the check that names the extra)
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 # detectron2's 1x schedule at its reference batch of 16 images.
 REFERENCE_BATCH, ITERS_1X, STEPS_1X = 16, 90_000, (60_000, 80_000)

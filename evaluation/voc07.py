@@ -19,13 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import cross_val_score
-from sklearn.svm import LinearSVC
 
 from evaluation.features import l2_normalise
 from evaluation.metrics import classification_metrics
 from orl_fast.config import EvalConfig, SVMConfig
+from orl_fast.extras import require
+
+require("sklearn", "eval", "the VOC07 SVM and low-shot evaluations")
+from sklearn.exceptions import ConvergenceWarning  # (after the check that names the extra)
+from sklearn.model_selection import cross_val_score
+from sklearn.svm import LinearSVC
 
 T = TypeVar("T")
 R = TypeVar("R")

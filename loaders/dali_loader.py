@@ -40,6 +40,7 @@ import torch
 from loaders.orl_samples import SampleBuilder, SamplePlan
 from loaders.sampling import StepBatchSampler
 from orl_fast.augment import blur_kernel_size
+from orl_fast.extras import MissingExtra
 
 
 def import_dali():
@@ -47,9 +48,9 @@ def import_dali():
     try:
         import nvidia.dali as dali  # noqa: PLR0402 (sys.modules-aware, so tests can hide it)
     except ImportError as e:
-        raise ImportError("orl.loader=dali needs NVIDIA DALI, which is not installed: install the "
-                          "`dali` extra, pip install 'orl-fast[dali]' (nvidia-dali-cuda130), or "
-                          "set orl.loader=torch (or auto)") from e
+        raise MissingExtra("orl.loader=dali needs NVIDIA DALI, which is not installed: install the "
+                           "`dali` extra, pip install 'orl-fast[dali]' (nvidia-dali-cuda130), or "
+                           "set orl.loader=torch (or auto)") from e
     return dali
 
 

@@ -125,7 +125,7 @@ def shard_summary(name: str, rows: np.ndarray) -> dict:
     """The index.json entry of one shard (keys in a shard are increasing)."""
     return {
         "name": name,
-        "count": int(len(rows)),
+        "count": len(rows),
         "first_key": int(rows["key"][0]) if len(rows) else -1,
         "last_key": int(rows["key"][-1]) if len(rows) else -1,
         "bytes": int(rows["size"].sum()) if len(rows) else 0,

@@ -60,13 +60,13 @@ class ImageViewsDataset(Dataset):
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
             p = (pos + attempt) % len(self.index)
             try:
-                key, raw = self.index.data_at(p)
+                _key, raw = self.index.data_at(p)
                 img = decode_rgb(raw)
             except Exception as e:  # noqa: BLE001 - a bad sample must not stop a long run
                 self.failures += 1
                 log.warning("skipping unreadable image at position %d: %s", p, e)
                 continue
-            return seeded(sample_seed(self.seed, epoch, pos), lambda: self.transform(img))
+            return seeded(sample_seed(self.seed, epoch, pos), lambda img=img: self.transform(img))
         raise RuntimeError(f"{MAX_CONSECUTIVE_FAILURES} unreadable images in a row from {pos}")
 
 

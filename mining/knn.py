@@ -23,6 +23,7 @@ import torch
 from mining.arrays import load_arrays, save_arrays
 from mining.manifest import Plan
 from mining.summary import sim_hist
+from orl_fast.extras import require
 
 FAISS_TRAIN_MAX = 500_000  # vectors used to train an IVF / PQ faiss index (seeded sample)
 SIM_BLOCK_ELEMENTS = 1 << 28  # torch backend: at most 1 GiB of float32 similarities per block
@@ -84,7 +85,7 @@ class KnnIndex:
 
 
 def _faiss_index(bank: np.ndarray, spec: str, nprobe: int, device: str, threads: int):
-    import faiss
+    faiss = require("faiss", "mining", "mine.knn_backend=faiss")
 
     faiss.omp_set_num_threads(threads)
     index = faiss.index_factory(bank.shape[1], spec, faiss.METRIC_INNER_PRODUCT)

@@ -28,7 +28,6 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -36,9 +35,12 @@ from loaders.shards import iter_shard
 from mining.arrays import load_arrays, save_arrays
 from mining.summary import FAILED_KEYS_CAP, count_hist
 from orl_fast.config import MineConfig
+from orl_fast.extras import require_opencv_contrib
 
 if TYPE_CHECKING:
     from mining.manifest import Plan
+
+cv2 = require_opencv_contrib()
 
 try:
     _srand = ctypes.CDLL(None).srand

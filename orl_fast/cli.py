@@ -19,6 +19,7 @@ import os
 import sys
 
 from orl_fast.config import ConfigError, load_config
+from orl_fast.extras import MissingExtra
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str = "paper") -> None:
@@ -214,16 +215,19 @@ def main(argv: list[str] | None = None) -> int:
         head, tail = _split_dashes(argv)
         args = parser.parse_args(head)
         args.command = tail
-        return args.func(args)
-    args, extra = parser.parse_known_args(argv)
-    bad = [a for a in extra if "=" not in a or a.startswith("-")]
-    if bad or (extra and not hasattr(args, "config")):
-        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
-    args.overrides = extra
+    else:
+        args, extra = parser.parse_known_args(argv)
+        bad = [a for a in extra if "=" not in a or a.startswith("-")]
+        if bad or (extra and not hasattr(args, "config")):
+            parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+        args.overrides = extra
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"orl-fast: config error: {e}", file=sys.stderr)
+        return 2
+    except MissingExtra as e:
+        print(f"orl-fast: {e}", file=sys.stderr)
         return 2
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import time
 
+import evaluation
 from loaders.ingest import ingest
 from loaders.synthetic import write_scenes
-import evaluation
 from mining.pipeline import demo_step
 from mining.purity import pair_purity
 from orl_fast import stage1, stage3

@@ -27,6 +27,7 @@ import time
 from cluster.runtime import ray_session
 from orl_fast import checkpoint, storage
 from orl_fast.config import Config, ConfigError, from_dict
+from orl_fast.extras import require
 
 STORE_TIMEOUT = datetime.timedelta(minutes=10)
 
@@ -124,6 +125,7 @@ def _absolute(cfg: Config) -> Config:
 
 def run(cfg: Config, stage: str) -> str:
     """Train ``stage`` ("stage1" or "stage3") on Ray Train; returns OUT's last checkpoint."""
+    require("ray.train", "ray", "train.launcher=ray")
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
     cfg, t = _absolute(cfg), cfg.train

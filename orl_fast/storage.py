@@ -20,6 +20,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from orl_fast.extras import MissingExtra
+
 TMP_MARK = ".tmp-"
 
 
@@ -36,7 +38,13 @@ def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     this one lists, and a stale listing would hide their files."""
     if "://" not in url or url.startswith("file://"):
         return fsspec.core.url_to_fs(url)
-    return fsspec.core.url_to_fs(url, use_listings_cache=False)
+    try:
+        return fsspec.core.url_to_fs(url, use_listings_cache=False)
+    except ImportError as e:  # fsspec knows the protocol, its package is not installed
+        protocol = url.split("://", 1)[0]
+        hint = "pip install 'orl-fast[s3]'" if protocol in ("s3", "s3a") else "install it"
+        raise MissingExtra(f"{protocol}:// needs the fsspec backend of {protocol} ({e}): "
+                           f"{hint}") from e
 
 
 def is_local(url: str) -> bool:

@@ -184,6 +184,21 @@ def bad_corpus(tmp_path_factory):
     return root, expected
 
 
+def require_full_ray(*modules: str) -> None:
+    """Skip, with the reason, where Ray is installed without what the `ray` extra adds
+    (ray[default]: the dashboard and job API; ray[train]), as on the GPU machine's minimal Ray."""
+    pytest.importorskip("ray", reason="needs the ray extra")
+    from cluster.runtime import require_dashboard
+    from orl_fast.extras import MissingExtra, require
+
+    try:
+        require_dashboard("this test")
+        for module in modules:
+            require(module, "ray", "this test")
+    except MissingExtra as e:
+        pytest.skip(f"needs the ray extra in full (ray[default,train]): {e}")
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """An S3-compatible server (moto) on 127.0.0.1; AWS_ENDPOINT_URL points every client at it."""

@@ -15,8 +15,8 @@ N = 1500
 
 def only(**kw) -> AugmentConfig:
     """Every random op off except those named (probabilities and ranges from ``kw``)."""
-    base = dict(hflip_p=0.0, color_jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0),
-                solarize_p=(0.0, 0.0))
+    base = {"hflip_p": 0.0, "color_jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": (0.0, 0.0),
+                "solarize_p": (0.0, 0.0)}
     base.update(kw)
     return AugmentConfig(**base)
 

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import pytest
 import yaml
-from conftest import REPO, orl_fast_cmd, subprocess_env
+from conftest import REPO, orl_fast_cmd, require_full_ray, subprocess_env
 
 from cluster import submit as sub
 from orl_fast.cli import build_parser, main
@@ -489,7 +489,7 @@ TOKEN = "orl-test-token-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    pytest.importorskip("ray.job_submission")
+    require_full_ray("ray.job_submission")
     from cluster.loopback import start_head, stop
 
     h = start_head(tmp_path_factory.mktemp("ray-head"), num_cpus=2, dashboard=True,

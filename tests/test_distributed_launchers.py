@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, orl_fast_cmd, subprocess_env
+from conftest import TINY_OVERRIDES, orl_fast_cmd, require_full_ray, subprocess_env
 from orl_helpers import TINY_ORL, random_pairs
 
 from cluster.loopback import descendants, is_loopback, listening_addresses
@@ -103,6 +103,7 @@ def _run_watching_sockets(cmd: list[str], timeout: float = 600):
 
 
 def test_ray_train_two_gloo_workers_equal_one_process(coco_shards, single_process, tmp_path):
+    require_full_ray("ray.train")
     out = tmp_path / "ray-train"
     log, listened = _run_watching_sockets(orl_fast_cmd(*_pretrain(
         coco_shards, out, "train.launcher=ray", "train.ray_workers=2")))
@@ -118,6 +119,7 @@ def test_ray_train_stage3_dali_two_workers_equal_one_process(coco_shards, tmp_pa
     """Stage 3 (ORL) with the DALI loader (its CPU backend) through Ray Train: each rank's DALI
     pipeline renders its part of the global batch, so 2 ranks train what 1 process does; then
     a rerun resumes and finishes."""
+    require_full_ray("ray.train")
     pairs = random_pairs(coco_shards, str(tmp_path / "mined"))
 
     def args(out, *extra):

@@ -156,7 +156,7 @@ def test_kill_9_mid_ingest_then_rerun_gives_identical_shards(coco_mini, tmp_path
 
 
 def test_stored_pixels_match_the_source(coco_mini, tmp_path):
-    name = sorted(os.listdir(coco_mini / "images"))[0]
+    name = min(os.listdir(coco_mini / "images"))
     ingest(str(coco_mini / "images" / name), str(tmp_path / "o"), IngestConfig(workers=1),
            progress=False)
     stored = np.asarray(Image.open(io.BytesIO(ShardIndex(str(tmp_path / "o")).data(0))))

@@ -47,8 +47,8 @@ def test_each_term_is_symmetric_and_lambda_weighted():
     views, patches = _inputs()
     model = _model((0.5, 2.0, 3.0))
     loss, m = model(*views, *patches)
-    assert loss.item() == pytest.approx(0.5 * m["loss_image"] + 2 * m["loss_intra"]
-                                        + 3 * m["loss_inter"], rel=1e-6)
+    weighted = 0.5 * m["loss_image"] + 2 * m["loss_intra"] + 3 * m["loss_inter"]
+    assert loss.item() == pytest.approx(weighted.item(), rel=1e-6)
     # swapping the two inputs of every pair leaves every term unchanged
     swapped = [views[1], views[0], patches[1], patches[0], patches[3], patches[2]]
     _, ms = model(*swapped)

@@ -1,8 +1,10 @@
-"""Shared set-up of the Stage 2 benchmarks: coco-mini shards, a Stage 1 checkpoint, the machine."""
+"""Shared set-up of the benchmarks: the shared data sets, coco-mini shards, a Stage 1 checkpoint,
+the machine."""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import sys
@@ -19,7 +21,15 @@ from orl_fast.config import IngestConfig, load_config
 from orl_fast.models import BYOL
 
 OUT = ROOT / "benchmarks" / "out"
-COCO_MINI = ROOT.parent / "shared" / "data" / "coco-mini"
+# ../shared/data beside the checkout, or ORL_FAST_SHARED_DATA (the GPU machine: a carried copy)
+SHARED_DATA = Path(os.environ.get("ORL_FAST_SHARED_DATA", ROOT.parent / "shared" / "data"))
+COCO_MINI = SHARED_DATA / "coco-mini"
+
+
+def cache_dir(name: str, source: Path) -> Path:
+    """``OUT/name-<digest of source>``: data made from another copy of a set goes elsewhere (an
+    ingest refuses to mix sources in one directory)."""
+    return OUT / f"{name}-{hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:8]}"
 
 
 def coco_shards(images: int, shard_size: int) -> str:
@@ -27,7 +37,7 @@ def coco_shards(images: int, shard_size: int) -> str:
     src = COCO_MINI / "images"
     if not src.is_dir():
         sys.exit(f"no data: {src} not found")
-    out = OUT / f"coco-mini-{images}-{shard_size}"
+    out = cache_dir(f"coco-mini-{images}-{shard_size}", src)
     if not (out / "shards" / "index.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         names = sorted(os.listdir(src))[:images]
@@ -55,9 +65,11 @@ def machine() -> dict:
             "torch": torch.__version__}
 
 
-def proposal_rate(ray, unit, shards: str, ckpt: str, mine, out: Path, slots: int) -> float:
-    """Images/s of every proposal unit of ``shards`` run as the Ray task ``unit``, ``slots`` in
-    flight (a fresh output directory ``out``)."""
+def proposal_rate(ray, unit, shards: str, ckpt: str, mine, out: Path, slots: int,
+                  units: int | None = None, repeat: int = 1) -> float:
+    """Images/s of the proposal units of ``shards`` (the first ``units``, default all; each
+    ``repeat`` times) run as the Ray task ``unit``, ``slots`` in flight (fresh output ``out``;
+    a repeated unit rewrites the same file atomically)."""
     import shutil
     import time
 
@@ -65,7 +77,7 @@ def proposal_rate(ray, unit, shards: str, ckpt: str, mine, out: Path, slots: int
 
     shutil.rmtree(out, ignore_errors=True)
     plan = make_plan(str(out), shards, ckpt, mine, "cpu")
-    ref, todo, pending, images = ray.put(plan), list(plan.shard_ids), [], 0
+    ref, todo, pending, images = ray.put(plan), list(plan.shard_ids)[:units] * repeat, [], 0
     t0 = time.perf_counter()
     while todo or pending:
         while todo and len(pending) < slots:
@@ -73,3 +85,15 @@ def proposal_rate(ray, unit, shards: str, ckpt: str, mine, out: Path, slots: int
         [done], pending = ray.wait(pending, num_returns=1)
         images += ray.get(done)["images"]
     return images / (time.perf_counter() - t0)
+
+
+def propose_all(plan, workers: int) -> None:
+    """Selective search for every unit of ``plan`` in ``workers`` processes (set-up only)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from mining.proposals import proposals_unit
+
+    os.makedirs(plan.dir("proposals"), exist_ok=True)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        list(pool.map(proposals_unit, [plan] * len(plan.shard_ids), plan.shard_ids))
