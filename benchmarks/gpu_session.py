@@ -66,7 +66,7 @@ def bench(script: str, *args: str) -> list[str]:
 
 
 CHECKS = [
-    Check("machine", 0, 60, [PY, __file__, "machine"]),
+    Check("machine", 0, 60, [PY, str(Path(__file__).resolve()), "machine"]),
     # issue 5, the point of it: b/a >= 0.95, b/c >= 3 (ResNet-50, bf16, batch 256)
     Check("stage3_loader", 5, 300,
           bench("stage3_loader.py", "--mode", "gpu", "--workers", "8", "--batch", "256",
