@@ -40,18 +40,13 @@ import torch
 from loaders.orl_samples import SampleBuilder, SamplePlan
 from loaders.sampling import StepBatchSampler
 from orl_fast.augment import blur_kernel_size
-from orl_fast.extras import MissingExtra
+from orl_fast.extras import require
 
 
 def import_dali():
-    """The ``nvidia.dali`` module, or an ImportError that says how to install it."""
-    try:
-        import nvidia.dali as dali  # noqa: PLR0402 (sys.modules-aware, so tests can hide it)
-    except ImportError as e:
-        raise MissingExtra("orl.loader=dali needs NVIDIA DALI, which is not installed: install the "
-                           "`dali` extra, pip install 'orl-fast[dali]' (nvidia-dali-cuda130), or "
-                           "set orl.loader=torch (or auto)") from e
-    return dali
+    """The ``nvidia.dali`` module, or a MissingExtra that says how to install it."""
+    return require("nvidia.dali", "dali", "orl.loader=dali (NVIDIA DALI)",
+                   hint="(nvidia-dali-cuda130), or set orl.loader=torch (or auto)")
 
 
 def dali_available() -> bool:

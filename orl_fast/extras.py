@@ -17,13 +17,14 @@ class MissingExtra(ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
 
-def require(module: str, extra: str, purpose: str) -> ModuleType:
-    """``import module``, or :class:`MissingExtra` saying that ``purpose`` needs ``extra``."""
+def require(module: str, extra: str, purpose: str, hint: str = "") -> ModuleType:
+    """``import module``, or :class:`MissingExtra` saying that ``purpose`` needs ``extra``
+    (``hint``: what else would do, appended)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise MissingExtra(f"{purpose} needs the `{extra}` extra ({e}): "
-                           f"pip install 'orl-fast[{extra}]'") from e
+                           f"pip install 'orl-fast[{extra}]'{' ' + hint if hint else ''}") from e
 
 
 def require_opencv_contrib(purpose: str = "selective search") -> ModuleType:
