@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loaders.ingest import ingest
-from orl_fast import checkpoint
-from orl_fast.config import IngestConfig, load_config
-from orl_fast.models import BYOL
+from orl_fast.core import checkpoint
+from orl_fast.core.config import load_config
+from orl_fast.core.defaults import IngestConfig
+from orl_fast.core.models import BYOL
 
 OUT = ROOT / "benchmarks" / "out"
 # ../shared/data beside the checkout, or ORL_FAST_SHARED_DATA (the GPU machine: a carried copy)

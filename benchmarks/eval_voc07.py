@@ -34,8 +34,9 @@ from bench_common import SHARED_DATA
 
 from evaluation import backbones, classification, datasets, report
 from evaluation.features import CentreCropImages, PooledFeatures, extract, resolve_device
-from orl_fast.augment import normalize
-from orl_fast.config import IMAGENET_MEAN, IMAGENET_STD, load_config
+from loaders.augment import normalize
+from orl_fast.core.config import load_config
+from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_DATA = str(SHARED_DATA / "voc07")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from bench_common import OUT, coco_shards, machine, random_stage1
 
+from loaders.pairs import PAIRS_DIR
 from mining import official_json, pipeline
 from mining.manifest import SUMMARY
-from mining.records import PAIRS_DIR
-from orl_fast.config import load_config
+from orl_fast.core.config import load_config
 
 OFFICIAL_KEYS = {"knn_image_sim", "knn_bbox_pair_score"}  # ours, dropped for the comparison
 

@@ -19,11 +19,11 @@ import shutil
 import tempfile
 
 from bench_common import OUT, coco_shards, machine, proposal_rate, random_stage1
+from support.loopback import start_head, start_worker, stop
 
-from cluster.loopback import start_head, start_worker, stop
-from cluster.runtime import ray_session
 from mining.proposals import proposals_unit, propose_shard_isolated
-from orl_fast.config import MineConfig
+from orl_fast.core.defaults import MineConfig
+from orl_fast.core.ray_runtime import ray_session
 
 
 def main() -> None:

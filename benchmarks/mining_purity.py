@@ -18,8 +18,9 @@ from bench_common import COCO_MINI, OUT, coco_shards, machine, random_stage1
 
 from mining import pipeline
 from mining.purity import pair_purity
-from orl_fast import checkpoint, stage1
-from orl_fast.config import load_config
+from orl_fast.core import checkpoint
+from orl_fast.core.config import load_config
+from orl_fast.training import stage1
 
 MINE = ["mine.ss_max_side=448", "mine.min_box_size=67", "mine.roi_size=96",
         "mine.embed_size=128"]  # 67 px = the paper's 96 px at 448 / 640 of COCO's size

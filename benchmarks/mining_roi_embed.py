@@ -27,7 +27,7 @@ from bench_common import OUT, coco_shards, machine, propose_all, random_stage1
 from mining.embed import ModelRunner
 from mining.manifest import make_plan
 from mining.roi_embed import roi_unit
-from orl_fast.config import MineConfig
+from orl_fast.core.defaults import MineConfig
 
 
 def main() -> None:

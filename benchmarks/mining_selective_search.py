@@ -23,9 +23,9 @@ import json
 
 from bench_common import OUT, coco_shards, machine, proposal_rate, random_stage1
 
-from cluster.runtime import ray_session
 from mining.proposals import proposals_unit
-from orl_fast.config import MineConfig
+from orl_fast.core.defaults import MineConfig
+from orl_fast.core.ray_runtime import ray_session
 
 
 def _start_worker(url: str, mine: MineConfig) -> int:

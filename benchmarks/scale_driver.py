@@ -41,11 +41,12 @@ def _rss() -> int:
 
 def child(work: str, images: int) -> dict:
     """One size, in this (fresh) process."""
+    from support.simulate import simulate
+
+    from loaders.pairs import open_pairs
     from loaders.sampling import StepBatchSampler
     from loaders.shards import ShardIndex
     from mining import pipeline  # noqa: F401 - imported before the baseline is taken
-    from mining.records import open_pairs
-    from mining.simulate import simulate
 
     data, out = os.path.join(work, "data"), os.path.join(work, "out")
     ckpt = os.path.join(work, "ckpt.pt")
@@ -84,8 +85,7 @@ def main() -> None:
         return
 
     from bench_common import machine
-
-    from mining.simulate import synthetic_dataset
+    from support.simulate import synthetic_dataset
 
     rows = []
     for n in (int(x) for x in args.images.split(",")):

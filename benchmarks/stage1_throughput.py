@@ -28,14 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench_common import COCO_MINI, cache_dir
 
+from loaders.augment import TwoViews
 from loaders.ingest import ingest
 from loaders.sampling import StepBatchSampler
 from loaders.torch_loader import ImageViewsDataset, make_loader
-from orl_fast.augment import TwoViews
-from orl_fast.config import load_config
-from orl_fast.engine import autocast_for, make_optimizer, train_step
-from orl_fast.models import BYOL
-from orl_fast.stage1 import views_to_device
+from orl_fast.core.config import load_config
+from orl_fast.core.models import BYOL
+from orl_fast.training.engine import autocast_for, make_optimizer, train_step
+from orl_fast.training.stage1 import views_to_device
 
 
 def default_shards() -> str:

@@ -38,16 +38,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from support.synthetic_pairs import random_records, write_pairs
+
 from loaders.ingest import ingest
 from loaders.orl_samples import SampleBuilder
 from loaders.shards import ShardIndex
 from loaders.synthetic import write_scenes
-from loaders.synthetic_pairs import random_records, write_pairs
-from orl_fast import stage3
-from orl_fast.config import IngestConfig, load_config
-from orl_fast.distributed import init_runtime
-from orl_fast.engine import fit
-from orl_fast.models import ORL
+from orl_fast.core.config import load_config
+from orl_fast.core.defaults import IngestConfig
+from orl_fast.core.distributed import init_runtime
+from orl_fast.core.models import ORL
+from orl_fast.training import stage3
+from orl_fast.training.engine import fit
 
 
 def _scenes(args: tuple[str, int, int]) -> str:

@@ -28,7 +28,7 @@ import shlex
 import sys
 import time
 
-from orl_fast.extras import require
+from orl_fast.core.extras import require
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never uploaded with --working-dir (besides what the checkout's .gitignore excludes: Ray honours it).

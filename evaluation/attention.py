@@ -10,7 +10,6 @@ image, then one overlay per model), ``OUT/attention/grid.png`` (all rows) and
 from __future__ import annotations
 
 import html
-import io
 import os
 
 import numpy as np
@@ -21,9 +20,10 @@ from PIL import Image, ImageDraw
 
 from evaluation.backbones import Weights
 from evaluation.features import resolve_device, stages
-from orl_fast import storage
-from orl_fast.augment import normalize
-from orl_fast.config import IMAGENET_MEAN, IMAGENET_STD
+from loaders.augment import normalize
+from loaders.images import open_rgb
+from orl_fast.core import storage
+from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 LABEL_HEIGHT = 18
@@ -44,7 +44,7 @@ def list_images(source: str, limit: int) -> list[str]:
 
 def load_image(path: str, size: int) -> Image.Image:
     """RGB, shorter side resized to ``size``."""
-    img = Image.open(io.BytesIO(storage.read_bytes(path))).convert("RGB")
+    img = open_rgb(storage.read_bytes(path))
     return TF.resize(img, size)
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from orl_fast import checkpoint, storage
-from orl_fast.models import build_backbone
+from orl_fast.core import checkpoint, storage
+from orl_fast.core.models import build_backbone
 
 RANDOM = "random"
 

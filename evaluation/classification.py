@@ -16,8 +16,8 @@ import numpy as np
 from evaluation import backbones, datasets, lowshot, probes, report, voc07
 from evaluation.features import cached_features, resolve_device
 from evaluation.metrics import classification_metrics
-from orl_fast import storage
-from orl_fast.config import Config, EvalConfig
+from orl_fast.core import storage
+from orl_fast.core.defaults import Config, EvalConfig
 
 Evaluate = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple, EvalConfig], dict]
 

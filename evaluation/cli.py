@@ -11,8 +11,8 @@ import argparse
 import json
 import os
 
-from orl_fast import storage
-from orl_fast.config import ConfigError, load_config
+from orl_fast.core import storage
+from orl_fast.core.config import ConfigError, load_config
 
 CLASSIFICATION = {
     "voc07": "VOC07 linear SVMs (cost by cross-validation), 11-point AP per class and mAP",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orl_fast import storage
+from orl_fast.core import storage
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -28,8 +28,8 @@ import yaml
 
 from evaluation.backbones import Weights
 from evaluation.detection import schedule
-from orl_fast import storage
-from orl_fast.config import IMAGENET_MEAN, IMAGENET_STD, DetectionConfig
+from orl_fast.core import storage
+from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD, DetectionConfig
 
 FORMATS = ("torchvision", "timm", "detectron2")
 # detectron2 MODEL.RESNETS settings per torchvision architecture.

@@ -24,15 +24,15 @@ import time
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from evaluation.backbones import Weights
-from orl_fast import storage
-from orl_fast.augment import normalize
-from orl_fast.config import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
+from loaders.augment import normalize
+from loaders.images import open_rgb
+from orl_fast.core import storage
+from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
 
 # resK is the output of torchvision's layer{K-1}.
 STAGES = {"res4": 3, "res5": 4}
@@ -56,7 +56,7 @@ class CentreCropImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = Image.open(io.BytesIO(storage.read_bytes(self.paths[i]))).convert("RGB")
+        img = open_rgb(storage.read_bytes(self.paths[i]))
         img = TF.center_crop(TF.resize(img, self.resize), self.crop)
         return TF.pil_to_tensor(img)
 

@@ -17,7 +17,7 @@ import numpy as np
 from evaluation.features import l2_normalise
 from evaluation.metrics import voc07_ap
 from evaluation.voc07 import parallel_map, svm
-from orl_fast.config import EvalConfig
+from orl_fast.core.defaults import EvalConfig
 
 
 def sample(labels: np.ndarray, n: int, index: int, seed: int) -> tuple[np.ndarray, list[int]]:

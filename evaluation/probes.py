@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.features import resolve_device
-from orl_fast.config import EvalConfig
+from orl_fast.core.defaults import EvalConfig
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import platform
 
 import torch
 
-from orl_fast import storage
+from orl_fast.core import storage
 
 
 def environment() -> dict:

@@ -22,8 +22,8 @@ import numpy as np
 
 from evaluation.features import l2_normalise
 from evaluation.metrics import classification_metrics
-from orl_fast.config import EvalConfig, SVMConfig
-from orl_fast.extras import require
+from orl_fast.core.defaults import EvalConfig, SVMConfig
+from orl_fast.core.extras import require
 
 require("sklearn", "eval", "the VOC07 SVM and low-shot evaluations")
 from sklearn.exceptions import ConvergenceWarning  # (after the check that names the extra)

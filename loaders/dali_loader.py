@@ -1,4 +1,5 @@
-"""Stage 3 DALI loader: one decode per image, six crops cut from it, BYOL augmentations on the GPU.
+"""The DALI loader of both stages: one decode per image, its crops cut from it (the two views of
+Stage 1, the six crops of Stage 3), BYOL augmentations on the GPU.
 
 Per sample, a Python external source (parallel worker processes) hands DALI the JPEG bytes of
 image x and of its neighbour (read by key through the shard index) and the sample's plan
@@ -31,16 +32,18 @@ levels on average at the paper's hue 0.1).
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
+from loaders.augment import blur_kernel_size
 from loaders.orl_samples import SampleBuilder, SamplePlan
 from loaders.sampling import StepBatchSampler
-from orl_fast.augment import blur_kernel_size
-from orl_fast.extras import require
+from orl_fast.core.extras import require
 
 
 def import_dali():
@@ -85,18 +88,27 @@ class ORLSource:
 
     def __call__(self, info) -> tuple[np.ndarray, ...]:
         epoch, position = self.batch(self.sampler.start_step + info.iteration)[info.idx_in_batch]
-        arrays = self.arrays(self.builder.plan(epoch, position))
+        _, arrays = self.builder.sample(epoch, position, self.arrays)
         return tuple(arrays[n] for n in self.names)
 
+    def _jpeg(self, key: int) -> np.ndarray:
+        """The bytes of ``key`` as DALI's decoder input, checked first (header and size against the
+        index: a wrong or damaged member fails here, under the loaders' decode-failure policy)."""
+        data = self.builder.images.data(key)
+        with Image.open(io.BytesIO(data)) as img:
+            if img.size != self.builder.size_of(key):
+                raise ValueError(f"image {key} is {img.size}, the index says "
+                                 f"{self.builder.size_of(key)}")
+        return np.frombuffer(data, dtype=np.uint8)
+
     def arrays(self, plan: SamplePlan) -> dict[str, np.ndarray]:
-        images = self.builder.images
-        out = {"jpeg": np.frombuffer(images.data(plan.key), dtype=np.uint8)}
+        out = {"jpeg": self._jpeg(plan.key)}
         groups = [("view", (0, 1))] + [("patch", self.patch_crops)] * bool(self.patch_crops)
         for group, crops in groups:
             out[f"{group}_roi"] = np.stack([self._roi(plan, c) for c in crops])
             out.update(self._photometric(plan, crops, group))
         if self.builder.uses_neighbor:
-            out["neighbor_jpeg"] = np.frombuffer(images.data(plan.neighbor), dtype=np.uint8)
+            out["neighbor_jpeg"] = self._jpeg(plan.neighbor)
             if self.roi_decode:
                 out["neighbor_window"] = plan.boxes[5].astype(np.int32)
         return out

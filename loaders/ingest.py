@@ -21,8 +21,8 @@ from tqdm import tqdm
 from loaders import shards
 from loaders.sanitize import sanitize
 from loaders.sources import SourceItem, list_sources
-from orl_fast import storage
-from orl_fast.config import IngestConfig
+from orl_fast.core import storage
+from orl_fast.core.defaults import IngestConfig
 
 MANIFEST = "ingest.json"
 REPORT = "report.json"

@@ -22,107 +22,32 @@ ablation (``orl.patches=random``) crops 2-5 are random resized crops of x.
 
 from __future__ import annotations
 
-import math
+import logging
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
+from loaders.pairs import PairRecord, mined_with, open_pairs, read_record
 from loaders.sampling import sample_seed
 from loaders.shards import ShardIndex
-from mining.records import PairRecord, open_pairs, read_record
-from orl_fast import storage
-from orl_fast.config import AugmentConfig, Config, ConfigError
+from orl_fast.core import storage
+from orl_fast.core.boxes import clip_box, jitter_box, random_resized_crop, whole_image
+from orl_fast.core.config import ConfigError
+from orl_fast.core.defaults import AugmentConfig, Config
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 VIEW_OF_CROP = np.array([0, 1, 0, 1, 0, 1])
+# A sample that does not decode is replaced by the next position; this many in a row: the data
+# set is broken.
+MAX_CONSECUTIVE_FAILURES = 16
 # Colour-jitter operations, in the index order of Photometric.factors / .order.
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 JITTER_IDENTITY = np.array([1.0, 1.0, 1.0, 0.0], dtype=np.float32)
-# torchvision's RandomResizedCrop tries this many draws before its centre-crop fallback.
-CROP_ATTEMPTS = 10
-
-
-# ----------------------------------------------------------------------------- geometry
-
-
-def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """IoU of each xywh row of ``boxes`` with the xywh ``box``."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    x, y, w, h = np.asarray(box, dtype=np.float64)
-    iw = np.clip(np.minimum(boxes[:, 0] + boxes[:, 2], x + w) - np.maximum(boxes[:, 0], x), 0, None)
-    ih = np.clip(np.minimum(boxes[:, 1] + boxes[:, 3], y + h) - np.maximum(boxes[:, 1], y), 0, None)
-    inter = iw * ih
-    return inter / (boxes[:, 2] * boxes[:, 3] + w * h - inter)
-
-
-def clip_box(box, width: int, height: int) -> np.ndarray:
-    """An xywh box clipped to the image, at least 1x1 pixel."""
-    x, y, w, h = (round(float(v)) for v in box)
-    x0, y0 = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
-    x1, y1 = min(max(x + w, x0 + 1), width), min(max(y + h, y0 + 1), height)
-    return np.array([x0, y0, x1 - x0, y1 - y0], dtype=np.int32)
-
-
-def whole_image(width: int, height: int) -> np.ndarray:
-    return np.array([0, 0, width, height], dtype=np.int32)
-
-
-def _log_uniform(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return np.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-
-
-def jitter_box(rng: np.random.Generator, box, width: int, height: int, shift: float,
-               area: tuple[float, float], aspect: tuple[float, float], min_iou: float,
-               tries: int) -> np.ndarray:
-    """The SPEC's intra-RoI box jitter: the first of ``tries`` candidates with IoU > ``min_iou``.
-
-    A candidate moves the centre by up to ``shift`` x the width / height, scales the area by a
-    uniform factor in ``area`` and sets a log-uniform aspect ratio (w / h) in ``aspect``; it is
-    rounded to pixels and clipped to the image. When no candidate qualifies, the box itself is
-    returned (the official code). Always consumes ``tries`` x 4 draws.
-    """
-    x, y, w, h = (float(v) for v in box)
-    u = rng.random((tries, 4))
-    new_area = (area[0] + u[:, 0] * (area[1] - area[0])) * w * h
-    ratio = _log_uniform(u[:, 1], *aspect)
-    nw, nh = np.sqrt(new_area * ratio), np.sqrt(new_area / ratio)
-    cx = x + w / 2 + (2 * u[:, 2] - 1) * shift * w
-    cy = y + h / 2 + (2 * u[:, 3] - 1) * shift * h
-    x0 = np.clip(np.round(cx - nw / 2), 0, width)
-    x1 = np.clip(np.round(cx + nw / 2), 0, width)
-    y0 = np.clip(np.round(cy - nh / 2), 0, height)
-    y1 = np.clip(np.round(cy + nh / 2), 0, height)
-    candidates = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)
-    ok = (candidates[:, 2] >= 1) & (candidates[:, 3] >= 1)
-    ok[ok] = box_iou(candidates[ok], (x, y, w, h)) > min_iou
-    if not ok.any():
-        return np.asarray(box, dtype=np.int32)
-    return candidates[int(np.argmax(ok))].astype(np.int32)
-
-
-def random_resized_crop(rng: np.random.Generator, width: int, height: int,
-                        scale: tuple[float, float], ratio: tuple[float, float]) -> np.ndarray:
-    """torchvision's ``RandomResizedCrop.get_params`` as an xywh box, with a fixed number of draws."""
-    u = rng.random((CROP_ATTEMPTS, 4))
-    target = width * height * (scale[0] + u[:, 0] * (scale[1] - scale[0]))
-    aspect = _log_uniform(u[:, 1], *ratio)
-    w = np.round(np.sqrt(target * aspect))
-    h = np.round(np.sqrt(target / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    if ok.any():
-        i = int(np.argmax(ok))
-        cw, ch = int(w[i]), int(h[i])
-        cx = min(int(u[i, 2] * (width - cw + 1)), width - cw)
-        cy = min(int(u[i, 3] * (height - ch + 1)), height - ch)
-        return np.array([cx, cy, cw, ch], dtype=np.int32)
-    in_ratio = width / height  # fallback: the central crop with the aspect ratio clamped
-    if in_ratio < ratio[0]:
-        cw, ch = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        cw, ch = round(height * ratio[1]), height
-    else:
-        cw, ch = width, height
-    return np.array([(width - cw) // 2, (height - ch) // 2, cw, ch], dtype=np.int32)
 
 
 # ----------------------------------------------------------------------------- photometric
@@ -208,28 +133,35 @@ class GroundTruthBoxes:
         return np.array([clip_box(x, width, height) for x in b], np.int32).reshape(-1, 4)
 
 
-def local_crops(cfg: Config) -> tuple[int, ...]:
+def local_crops(loss_weights: tuple[float, float, float]) -> tuple[int, ...]:
     """The patch crops a run trains on: the intra pair and / or the inter pair (weight > 0)."""
-    _, w_intra, w_inter = cfg.orl.loss_weights
+    _, w_intra, w_inter = loss_weights
     return (2, 3) * (w_intra > 0) + (4, 5) * (w_inter > 0)
 
 
 class SampleBuilder:
-    """Plans of the samples of an image shard set (``cfg.data``) with Stage 2's pairs (``cfg.pairs``)."""
+    """Plans of the samples of an image shard set (``cfg.data``) with Stage 2's pairs (``cfg.pairs``).
 
-    def __init__(self, cfg: Config):
+    ``loss_weights`` (default ``orl.loss_weights``) say which crops a run trains on: Stage 1 is
+    (1, 0, 0), the two global views only, with no pairs read.
+    """
+
+    def __init__(self, cfg: Config, loss_weights: tuple[float, float, float] | None = None):
         self.cfg = cfg
         self.images = ShardIndex(cfg.data)
         o = cfg.orl
         self.mined = o.patches == "mined"
-        self.crops = (0, 1, *local_crops(cfg))
+        self.crops = (0, 1, *local_crops(loss_weights or o.loss_weights))
+        self.failures = 0  # samples replaced because an image did not decode (this process)
         self.uses_neighbor = self.mined and 5 in self.crops
         needs_records = self.mined and (self.uses_neighbor or (o.boxes == "mined" and 2 in self.crops))
-        if needs_records and not cfg.pairs:
-            raise ConfigError("pairs: required (the Stage 2 output directory: pass pairs=PATH)")
+        if needs_records:
+            cfg.require("pairs")
         self.pairs = open_pairs(cfg.pairs) if needs_records else None
+        self.knn_k, self.topn_frac = (_as_mined(cfg, mined_with(cfg.pairs)) if self.uses_neighbor
+                                      else (0, 0.0))
         self.gt = (GroundTruthBoxes(o.gt_instances, cfg.mine.min_box_size)
-                   if self.mined and o.boxes == "gt" else None)
+                   if self.mined and o.boxes == "gt" and 2 in self.crops else None)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -253,7 +185,9 @@ class SampleBuilder:
         # (the box jitter below draws last: every other draw is the same in every mode)
 
         neighbor, has_pair, has_box = key, False, False
-        if not self.mined:
+        if len(self.crops) == 2:
+            pass  # image views only (Stage 1): no patch to plan
+        elif not self.mined:
             boxes[2:6] = random_crops
         else:
             record = read_record(self.pairs, key) if self.pairs is not None else None
@@ -276,6 +210,25 @@ class SampleBuilder:
             boxes[3] = jitter[1]
         return SamplePlan(key, neighbor, width, height, boxes, photo, has_pair, has_box)
 
+    def sample(self, epoch: int, position: int,
+               load: Callable[[SamplePlan], T]) -> tuple[SamplePlan, T]:
+        """The plan of sample (epoch, position) and ``load(plan)`` (its decoded pixels or checked
+        bytes), under the one decode-failure policy of both stages and both loaders: a sample
+        whose image does not decode is replaced by the next position (the same replacement in
+        every run), logged and counted; MAX_CONSECUTIVE_FAILURES in a row stop the run."""
+        for attempt in range(MAX_CONSECUTIVE_FAILURES):
+            p = (position + attempt) % len(self)
+            plan = self.plan(epoch, p)
+            try:
+                return plan, load(plan)
+            except Exception as e:  # noqa: BLE001 - a bad image must not stop a long run
+                self.failures += 1
+                log.warning("image %s (sample %d of epoch %d) does not decode, replaced by the "
+                            "next position (%d so far in this process): %s", plan.key, p, epoch,
+                            self.failures, e)
+        raise RuntimeError(f"{MAX_CONSECUTIVE_FAILURES} samples in a row from position {position} "
+                           f"(epoch {epoch}) do not decode: {self.cfg.data} looks broken")
+
     def _kept_boxes(self, key: int, record: PairRecord | None, width: int,
                     height: int) -> np.ndarray:
         if self.gt is not None:
@@ -289,7 +242,7 @@ class SampleBuilder:
         max(1, int(N x boxes)) by score."""
         if record is None or len(record.pair_neighbor) == 0:
             return None
-        k = min(self.cfg.mine.knn_k, len(record.neighbors))
+        k = min(self.knn_k, len(record.neighbors))
         slots = [s for s in range(k) if (record.pair_neighbor == s).any()
                  and self._has_image(int(record.neighbors[s]))]
         if not slots:
@@ -297,7 +250,7 @@ class SampleBuilder:
         slot = slots[_pick(u_neighbor, len(slots))]
         pairs = record.pairs_of(slot)
         pairs = pairs[np.argsort(-record.pair_score[pairs], kind="stable")]
-        pairs = pairs[:max(1, int(self.cfg.mine.topn_frac * len(record.boxes)))]
+        pairs = pairs[:max(1, int(self.topn_frac * len(record.boxes)))]
         j = pairs[_pick(u_pair, len(pairs))]
         return int(record.neighbors[slot]), record.pair_query_box[j], record.pair_neighbor_box[j]
 
@@ -307,6 +260,20 @@ class SampleBuilder:
         except KeyError:
             return False
         return True
+
+
+def _as_mined(cfg: Config, mined: dict) -> tuple[int, float]:
+    """Stage 3's K and N: ``orl.knn_k`` / ``orl.topn_frac``, 0 meaning what the pairs were mined
+    with; a value above that is a ConfigError (those neighbours and pairs were never mined)."""
+    out = []
+    for name in ("knn_k", "topn_frac"):
+        asked, have = getattr(cfg.orl, name), mined[name]
+        if asked > have:
+            raise ConfigError(f"orl.{name}: {asked} is more than the pairs in {cfg.pairs} were "
+                              f"mined with (mine.{name}={have}): mine again with a larger value, "
+                              f"or set orl.{name} <= {have} (0: as mined)")
+        out.append(asked or have)
+    return int(out[0]), float(out[1])
 
 
 def _pick(u: float, n: int) -> int:

@@ -1,12 +1,12 @@
-"""Stage 3 CPU path: sample plans rendered with Pillow + torchvision v2 in a torch DataLoader.
+"""The CPU path of both stages: sample plans rendered with Pillow + torchvision v2 in a DataLoader.
 
 The reference implementation of a plan (:mod:`loaders.orl_samples`): crops are
 ``resized_crop`` (antialiased, ``aug.interpolation``), and the photometric decisions are applied
 with torchvision's functional ops, in ColorJitter's drawn order, exactly as torchvision's random
 transforms would with the same draws. Items are (epoch, position) from ``StepBatchSampler``; a
 batch is ``(views, patches)``: uint8 ``[B, 2, 3, S, S]`` and ``[B, n, 3, P, P]``, n the number of
-patches the run trains on (:func:`loaders.orl_samples.local_crops`). Shards are sanitised at
-ingest, so a decode error here is a real error and stops the run.
+patches the run trains on (:func:`loaders.orl_samples.local_crops`; none in Stage 1). An image that
+does not decode is handled by :meth:`loaders.orl_samples.SampleBuilder.sample`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torch.utils.data import Dataset
 
-from loaders.orl_samples import SampleBuilder, SamplePlan
-from loaders.torch_loader import decode_rgb
-from orl_fast.augment import INTERPOLATION, blur_kernel_size
-from orl_fast.config import AugmentConfig
+from loaders.augment import INTERPOLATION, blur_kernel_size
+from loaders.images import decode_rgb
+from loaders.orl_samples import Photometric, SampleBuilder, SamplePlan
+from orl_fast.core.defaults import AugmentConfig
 
 # Indexed like loaders.orl_samples.JITTER_OPS.
 _JITTER = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
@@ -31,9 +31,10 @@ def cut(image: torch.Tensor, box, size: int, interpolation: str) -> torch.Tensor
                           interpolation=INTERPOLATION[interpolation], antialias=True)
 
 
-def augment(patch: torch.Tensor, plan: SamplePlan, crop: int, aug: AugmentConfig) -> torch.Tensor:
-    """Flip, colour jitter, grayscale, blur and solarise of ``crop`` as the plan drew them."""
-    p = plan.photo
+def augment(patch: torch.Tensor, photo: Photometric, crop: int,
+            aug: AugmentConfig) -> torch.Tensor:
+    """Flip, colour jitter, grayscale, blur and solarise of ``crop`` as they were drawn."""
+    p = photo
     if p.flip[crop]:
         patch = F.horizontal_flip(patch)
     if p.jitter[crop]:
@@ -57,7 +58,7 @@ def render(plan: SamplePlan, image: torch.Tensor, neighbor: torch.Tensor,
     for c in crops:
         src = neighbor if c == 5 else image
         size = crop_size if c < 2 else patch_size
-        out.append(augment(cut(src, plan.boxes[c], size, aug.interpolation), plan, c, aug))
+        out.append(augment(cut(src, plan.boxes[c], size, aug.interpolation), plan.photo, c, aug))
     patches = out[2:]
     return torch.stack(out[:2]), (torch.stack(patches) if patches else
                                   torch.zeros(0, 3, patch_size, patch_size, dtype=torch.uint8))
@@ -75,10 +76,14 @@ class ORLDataset(Dataset):
         return len(self.builder)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        plan = self.builder.plan(*item)
+        plan, (image, neighbor) = self.builder.sample(*item, self.decode)
+        return render(plan, image, neighbor, *self.args)
+
+    def decode(self, plan: SamplePlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image x and the neighbour its crop 5 is cut from (x itself when there is none)."""
         images = self.builder.images
         image = decode_rgb(images.data(plan.key))
         neighbor = image
         if self.builder.uses_neighbor and plan.neighbor != plan.key:
             neighbor = decode_rgb(images.data(plan.neighbor))
-        return render(plan, image, neighbor, *self.args)
+        return image, neighbor

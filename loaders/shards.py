@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orl_fast import storage
+from orl_fast.core import storage
 
 INDEX_FILE = "index.json"
 INDEX_VERSION = 1
@@ -132,13 +132,14 @@ def shard_summary(name: str, rows: np.ndarray) -> dict:
     }
 
 
-def write_index(root: str, shards: list[dict]) -> dict:
-    """Write index.json from :func:`shard_summary` entries (in shard order)."""
+def write_index(root: str, shards: list[dict], **extra) -> dict:
+    """Write index.json from :func:`shard_summary` entries (in shard order), plus ``extra`` keys."""
     index = {
         "version": INDEX_VERSION,
         "num_images": int(sum(s["count"] for s in shards)),
         "num_shards": len(shards),
         "shards": shards,
+        **extra,
     }
     storage.atomic_write_json(storage.join(root, INDEX_FILE), index)
     return index

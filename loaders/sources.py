@@ -11,7 +11,7 @@ import posixpath
 import tarfile
 from dataclasses import dataclass
 
-from orl_fast import storage
+from orl_fast.core import storage
 
 
 @dataclass(frozen=True)

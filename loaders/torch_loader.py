@@ -1,73 +1,17 @@
-"""CPU data path: a map-style torch Dataset over the shard index, fed by StepBatchSampler.
+"""The torch DataLoader over a map-style dataset fed by :class:`loaders.sampling.StepBatchSampler`.
 
-Workers read each image by byte range (no scanning), decode it with Pillow and apply the
-augmentation with a generator seeded by (seed, epoch, position): a sample's views are identical
-whichever worker draws them and whether or not the run was resumed.
+Items are (epoch, position); what a worker makes of one is a pure function of (seed, epoch,
+position) (:mod:`loaders.orl_torch` for both training stages, the detection transfer's COCO
+dataset), so a batch is the same whichever worker draws it and whether or not the run resumed.
 """
 
 from __future__ import annotations
 
-import io
-import logging
 from collections.abc import Callable
-from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
-from loaders.sampling import StepBatchSampler, sample_seed
-from loaders.shards import ShardIndex
-
-log = logging.getLogger(__name__)
-
-# A sample that fails to decode is replaced by the next position; after this many failures in a
-# row the dataset is considered broken.
-MAX_CONSECUTIVE_FAILURES = 16
-
-
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """JPEG/PNG bytes -> uint8 CHW RGB tensor."""
-    arr = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
-    return torch.from_numpy(arr).permute(2, 0, 1)
-
-
-def seeded(seed: int, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` with the torch RNG seeded; in the main process the caller's RNG is preserved."""
-    if get_worker_info() is not None:
-        torch.manual_seed(seed)
-        return fn()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return fn()
-
-
-class ImageViewsDataset(Dataset):
-    """Items are (epoch, position); returns ``transform(image)`` for the image at ``position``."""
-
-    def __init__(self, root: str, transform: Callable[[torch.Tensor], Any], seed: int):
-        self.index = ShardIndex(root)
-        self.transform = transform
-        self.seed = seed
-        self.failures = 0
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, item: tuple[int, int]) -> Any:
-        epoch, pos = item
-        for attempt in range(MAX_CONSECUTIVE_FAILURES):
-            p = (pos + attempt) % len(self.index)
-            try:
-                _key, raw = self.index.data_at(p)
-                img = decode_rgb(raw)
-            except Exception as e:  # noqa: BLE001 - a bad sample must not stop a long run
-                self.failures += 1
-                log.warning("skipping unreadable image at position %d: %s", p, e)
-                continue
-            return seeded(sample_seed(self.seed, epoch, pos), lambda img=img: self.transform(img))
-        raise RuntimeError(f"{MAX_CONSECUTIVE_FAILURES} unreadable images in a row from {pos}")
+from loaders.sampling import StepBatchSampler
 
 
 def make_loader(dataset: Dataset, sampler: StepBatchSampler, num_workers: int,

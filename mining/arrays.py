@@ -17,7 +17,7 @@ from typing import Self
 
 import numpy as np
 
-from orl_fast import storage
+from orl_fast.core import storage
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 

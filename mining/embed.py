@@ -22,14 +22,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from loaders.images import decode_rgb
 from loaders.shards import iter_shard
 from mining.arrays import save_arrays
 from mining.manifest import Plan
-from mining.proposals import decode_array
 from mining.summary import FAILED_KEYS_CAP
-from orl_fast import checkpoint
-from orl_fast.config import MineConfig, from_dict
-from orl_fast.models import Encoder
+from orl_fast.core import checkpoint
+from orl_fast.core.config import from_dict
+from orl_fast.core.defaults import MineConfig
+from orl_fast.core.models import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ DECODE_CHUNK = 32  # images decoded together (one nvjpeg batch on GPU)
 
 def _decode_cpu(data: bytes) -> torch.Tensor | None:
     try:
-        return torch.from_numpy(decode_array(data)).permute(2, 0, 1)
+        return decode_rgb(data)
     except Exception as e:  # noqa: BLE001 - a bad image is counted by the caller, never fatal
         log.warning("image does not decode: %s", e)
         return None

@@ -23,7 +23,7 @@ import torch
 from mining.arrays import load_arrays, save_arrays
 from mining.manifest import Plan
 from mining.summary import sim_hist
-from orl_fast.extras import require
+from orl_fast.core.extras import require
 
 FAISS_TRAIN_MAX = 500_000  # vectors used to train an IVF / PQ faiss index (seeded sample)
 SIM_BLOCK_ELEMENTS = 1 << 28  # torch backend: at most 1 GiB of float32 similarities per block

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from loaders.pairs import EXT, PAIRS_DIR, PairRecord
 from loaders.shards import INDEX_FILE, iter_shard
-from mining.records import EXT, PAIRS_DIR, PairRecord
-from orl_fast import checkpoint, storage
-from orl_fast.config import MineConfig
+from orl_fast.core import checkpoint, storage
+from orl_fast.core.defaults import MineConfig
 
 FORMAT = "orl-fast-mine/1"
 MANIFEST = "manifest.json"

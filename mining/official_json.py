@@ -34,20 +34,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from loaders.shards import (
-    ShardIndex,
-    format_key,
-    idx_name,
-    shard_summary,
-    write_idx,
-    write_index,
-    write_shard,
-)
+from loaders.pairs import PAIRS_DIR, PairRecord, write_pair_shards
+from loaders.shards import ShardIndex
 from mining.manifest import MANIFEST, data_of, iter_records, shard_id
-from mining.proposals import filter_boxes
-from mining.records import EXT, PAIRS_DIR, PairRecord, pair_shard_name
-from orl_fast import storage
-from orl_fast.config import MineConfig, from_dict
+from orl_fast.core import storage
+from orl_fast.core.boxes import filter_boxes
+from orl_fast.core.config import from_dict
+from orl_fast.core.defaults import MineConfig
 
 KNN_FILE = "knn_instance.json"
 SS_FILE = "selective_search_proposal.json"
@@ -225,16 +218,13 @@ def import_official(corr_json: str, data: str, out: str, knn_json: str | None = 
     for rec in records_from_official(corr, keys, sizes, sims):
         sid = shard_id(index.shard_names[index.find(rec.key)[0]])
         by_shard.setdefault(sid, []).append(rec)
-    root = storage.join(out, PAIRS_DIR)
-    entries = []
-    for sid in sorted(by_shard):
-        name = pair_shard_name(sid)
-        recs = sorted(by_shard[sid], key=lambda r: r.key)
-        rows = write_shard(storage.join(root, name),
-                           ((format_key(r.key), r.encode(), None) for r in recs), ext=EXT)
-        write_idx(storage.join(root, idx_name(name)), rows)
-        entries.append(shard_summary(name, rows))
-    return write_index(root, entries)
+    info = corr.get("info", {})
+    k = int(info.get("knn_image_num", max((len(n) for n in corr["pseudo_annotations"]
+                                           ["knn_image_id"]), default=0)))
+    write_pair_shards(out, ((sid, sorted(by_shard[sid], key=lambda r: r.key))
+                            for sid in sorted(by_shard)),
+                      knn_k=k, topn_frac=float(info.get("knn_bbox_pair_ratio", 1.0)))
+    return storage.read_json(storage.join(out, PAIRS_DIR, "index.json"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cluster.runtime import ray_session
-from loaders.shards import write_index
+from loaders.pairs import write_pairs_index
 from mining import embed, knn, proposals, roi_embed, roi_pairs
 from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, make_plan
 from mining.summary import build_summary
-from orl_fast import storage
-from orl_fast.config import Config, ConfigError, MineConfig, load_config
+from orl_fast.core import storage
+from orl_fast.core.config import ConfigError
+from orl_fast.core.defaults import Config, MineConfig
+from orl_fast.core.ray_runtime import ray_session
 
 MODEL_STAGES = ("embed", "knn", "roi")
 MODEL_INFLIGHT = 2  # queued units per model actor: the next one is ready when one finishes
@@ -356,8 +357,8 @@ def finalize(plan: Plan) -> dict:
     Also removes temporary files that killed workers left (no unit is running any more)."""
     for stage in STAGES:
         storage.remove_stale_temporaries(plan.dir(stage))
-    write_index(plan.dir("pairs"),
-                [plan.read_record("pairs", sid)["stats"]["index"] for sid in plan.shard_ids])
+    write_pairs_index(plan.out, [plan.read_record("pairs", sid)["stats"]["index"]
+                                 for sid in plan.shard_ids], plan.mine.knn_k, plan.mine.topn_frac)
     summary = build_summary(plan)
     storage.atomic_write_json(storage.join(plan.out, SUMMARY), summary)
     return summary
@@ -365,9 +366,7 @@ def finalize(plan: Plan) -> dict:
 
 def run(cfg: Config, progress: bool = True) -> dict:
     """Mine ``cfg.data`` with the Stage 1 model ``cfg.ckpt`` into ``cfg.out``; returns the summary."""
-    for name in ("data", "ckpt", "out"):
-        if not getattr(cfg, name):
-            raise ConfigError(f"{name}: required (pass {name}=PATH)")
+    cfg.require("data", "ckpt", "out")
     t0 = time.time()
     mine = cfg.mine
     session = (ray_session(mine.ray_address, mine.ray_num_cpus, mine.ray_object_store_mb,
@@ -395,14 +394,3 @@ def run(cfg: Config, progress: bool = True) -> dict:
         "executor": mine.executor, "units_skipped": sched.skipped,
         "unit_seconds": seconds})
     return summary
-
-
-def demo_step(shards: str, ckpt: str, out: str, overrides: list[str] | None = None) -> str:
-    """Stage 2 of ``orl-fast demo``: mine the demo's shards with its Stage 1 model; returns out."""
-    cfg = load_config("small", [f"data={shards}", f"ckpt={ckpt}", f"out={out}",
-                                *(overrides or [])])
-    summary = run(cfg)
-    print(f"[demo] mined {summary['pairs']['pairs']} RoI pairs for "
-          f"{summary['pairs']['records']} images ({summary['proposals']['boxes_per_image']:.1f} "
-          f"boxes/image, {summary['decode_failed']['embed']} undecodable)")
-    return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import io
 import os
 import pickle
 import signal
@@ -29,13 +28,14 @@ import traceback
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
+from loaders.images import decode_array
 from loaders.shards import iter_shard
 from mining.arrays import load_arrays, save_arrays
 from mining.summary import FAILED_KEYS_CAP, count_hist
-from orl_fast.config import MineConfig
-from orl_fast.extras import require_opencv_contrib
+from orl_fast.core.boxes import filter_boxes, scale_boxes
+from orl_fast.core.defaults import MineConfig
+from orl_fast.core.extras import require_opencv_contrib
 
 if TYPE_CHECKING:
     from mining.manifest import Plan
@@ -46,27 +46,6 @@ try:
     _srand = ctypes.CDLL(None).srand
 except (OSError, AttributeError):  # pragma: no cover - no libc symbol table (not Linux/macOS)
     _srand = None
-
-
-def decode_array(data: bytes) -> np.ndarray:
-    """Image bytes -> HWC uint8 RGB (Pillow; every Stage 2 step decodes the same way).
-
-    Raises when the bytes do not decode."""
-    with Image.open(io.BytesIO(data)) as img:
-        return np.array(img.convert("RGB"))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix [len(a), len(b)] of xywh boxes (areas w*h, as the official code)."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    ix = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2]) - np.maximum(
-        a[:, None, 0], b[None, :, 0])
-    iy = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3]) - np.maximum(
-        a[:, None, 1], b[None, :, 1])
-    inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
-    union = (a[:, None, 2] * a[:, None, 3]) + (b[None, :, 2] * b[None, :, 3]) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def selective_search(image_bgr: np.ndarray, mode: str = "fast", seed: int = 0) -> np.ndarray:
@@ -81,35 +60,6 @@ def selective_search(image_bgr: np.ndarray, mode: str = "fast", seed: int = 0) -
         ss.switchToSelectiveSearchQuality()
     boxes = ss.process()
     return np.asarray(boxes, np.int32).reshape(-1, 4)
-
-
-def scale_boxes(boxes: np.ndarray, sx: float, sy: float, width: int, height: int) -> np.ndarray:
-    """xywh boxes of a resized image -> xywh in original pixels (corners rounded, clipped)."""
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    x0 = np.clip(np.rint(b[:, 0] * sx), 0, width)
-    y0 = np.clip(np.rint(b[:, 1] * sy), 0, height)
-    x1 = np.clip(np.rint((b[:, 0] + b[:, 2]) * sx), 0, width)
-    y1 = np.clip(np.rint((b[:, 1] + b[:, 3]) * sy), 0, height)
-    return np.stack([x0, y0, x1 - x0, y1 - y0], 1).astype(np.int32)
-
-
-def filter_boxes(boxes: np.ndarray, min_size: int, aspect_range: tuple[float, float],
-                 max_iou: float, max_boxes: int) -> np.ndarray:
-    """The ORL filter on xywh boxes in ranking order; returns the kept boxes [M <= max_boxes, 4]."""
-    b = np.asarray(boxes, np.int32).reshape(-1, 4)
-    w, h = b[:, 2].astype(np.float64), b[:, 3].astype(np.float64)
-    lo, hi = aspect_range
-    ok = (np.minimum(w, h) >= min_size) & (w >= lo * h) & (w <= hi * h)
-    kept = np.zeros((max_boxes, 4), np.int32)
-    n = 0
-    for box in b[ok]:
-        if n and box_iou(box, kept[:n]).max() > max_iou:
-            continue
-        kept[n] = box
-        n += 1
-        if n == max_boxes:
-            break
-    return kept[:n]
 
 
 def propose(image_rgb: np.ndarray, mine: MineConfig,

@@ -20,11 +20,11 @@ import posixpath
 
 import numpy as np
 
+from loaders.pairs import open_pairs, read_record
 from mining.manifest import data_of, iter_records
 from mining.official_json import source_names
-from mining.proposals import box_iou
-from mining.records import open_pairs, read_record
-from orl_fast import storage
+from orl_fast.core import storage
+from orl_fast.core.boxes import box_iou
 
 
 class GroundTruth:

@@ -18,7 +18,7 @@ from mining.arrays import NpyRows, NpyWriter, file_size, load_arrays
 from mining.embed import ModelRunner, forward_batched, iter_decoded
 from mining.manifest import Plan
 from mining.summary import FAILED_KEYS_CAP
-from orl_fast import storage
+from orl_fast.core import storage
 
 
 def roi_unit(plan: Plan, sid: int, runner: ModelRunner) -> dict:

@@ -5,8 +5,8 @@ every (query box, neighbour box) pair; the ``max(1, int(topn_frac x boxes(x)))``
 are kept (the official ``topk`` over the flattened matrix, so a query box may pair with several
 neighbour boxes). Ties keep the lower (query, neighbour) index first.
 
-A pair unit writes ``pairs/pairs-{shard}.tar``: one :class:`mining.records.PairRecord` per
-query image of the input shard, read by Stage 3 through ``mining.records.open_pairs``.
+A pair unit writes ``pairs/pairs-{shard}.tar``: one :class:`loaders.pairs.PairRecord` per
+query image of the input shard, read by Stage 3 through ``loaders.pairs.open_pairs``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import time
 
 import numpy as np
 
-from loaders.shards import format_key, idx_name, shard_summary, write_idx, write_shard
+from loaders.pairs import PairRecord, pair_shard_name, write_pair_shards
+from loaders.shards import idx_name
 from mining.arrays import file_size, load_arrays
 from mining.manifest import Plan
 from mining.proposals import ProposalStore
-from mining.records import EXT, PairRecord, pair_shard_name
 from mining.roi_embed import RoiStore
 from mining.summary import count_hist, sim_hist
-from orl_fast import storage
+from orl_fast.core import storage
 
 
 def top_pairs(sim: np.ndarray, frac: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,19 +86,18 @@ def pairs_unit(plan: Plan, sid: int) -> dict:
             stats["pairs"] += len(record.pair_score)
             per_record.append(len(record.pair_score))
             scores.append(record.pair_score)
-            yield format_key(int(key)), record.encode(), None
+            yield record
 
     name = pair_shard_name(sid)
     url = plan.path("pairs", sid)
     idx_url = storage.join(plan.dir("pairs"), idx_name(name))
-    rows = write_shard(url, records(), ext=EXT)
-    write_idx(idx_url, rows)
+    [entry] = write_pair_shards(plan.out, [(sid, records())])
     rois.close()
     stats.update({
         "pairs_per_record_hist": count_hist(per_record),
         "score_hist": sim_hist(_cat(scores, (0,))),
         "bytes": file_size(url) + file_size(idx_url),
-        "index": shard_summary(name, rows),
+        "index": entry,
     })
     plan.write_record("pairs", sid, stats, time.time() - t0)
     return stats

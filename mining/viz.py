@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from loaders.images import decode_array
 from loaders.shards import ShardIndex
 from mining.manifest import data_of, iter_records
-from mining.proposals import decode_array
 
 TILE = 176          # image height in a pair cell
 CELL_W = 2 * 236    # cell width: two images of up to 4:3 side by side

@@ -18,8 +18,8 @@ import json
 import os
 import sys
 
-from orl_fast.config import ConfigError, load_config
-from orl_fast.extras import MissingExtra
+from orl_fast.core.config import ConfigError, load_config
+from orl_fast.core.extras import MissingExtra
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str = "paper") -> None:
@@ -61,7 +61,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
                       "decode_failed": summary["decode_failed"]}))
     if args.gt:
         from mining.purity import pair_purity
-        from orl_fast import storage
+        from orl_fast.core import storage
 
         purity = pair_purity(cfg.out, args.gt, cfg.data)
         storage.atomic_write_json(storage.join(cfg.out, "purity.json"), purity)
@@ -79,10 +79,11 @@ def cmd_viz_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from orl_fast import stage1
+    from orl_fast.training import stage1
+    from orl_fast.training.launch import launch
 
     cfg = load_config(args.config, args.overrides)
-    path = stage1.run(cfg)
+    path = launch(cfg, stage1.run)
     if path:
         print(f"stage 1 checkpoint: {path}")
     return 0
@@ -118,10 +119,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from orl_fast import stage3
+    from orl_fast.training import stage3
+    from orl_fast.training.launch import launch
 
     cfg = load_config(args.config, args.overrides)
-    path = stage3.run(cfg)
+    path = launch(cfg, stage3.run)
     if path:
         print(f"stage 3 checkpoint: {path}")
     return 0

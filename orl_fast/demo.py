@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import time
 
-import evaluation
+from evaluation import classification
 from loaders.ingest import ingest
 from loaders.synthetic import write_scenes
-from mining.pipeline import demo_step
+from mining import pipeline
 from mining.purity import pair_purity
-from orl_fast import stage1, stage3
-from orl_fast.config import load_config
+from orl_fast.core.config import load_config
+from orl_fast.training import stage1, stage3
 
 
 def run(out: str, num_images: int = 128, epochs: int = 5) -> dict[str, str]:
@@ -38,19 +38,19 @@ def run(out: str, num_images: int = 128, epochs: int = 5) -> dict[str, str]:
     print("[demo] stage 1: BYOL")
     ckpt = stage1.run(cfg)
     print("[demo] stage 2: correspondence mining")
-    mined = demo_step(shards, ckpt, os.path.join(out, "mined"))
+    mined = mine(shards, ckpt, os.path.join(out, "mined"))
     instances = os.path.join(out, "scenes", "instances.json")
     p = pair_purity(mined, instances, shards)
     print(f"[demo] pair purity {p['pair_purity']:.3f} (random pairs of kept boxes: "
           f"{p['random_pair_purity']:.3f}); kept boxes matching an object: {p['box_gt_match']:.3f}")
     print("[demo] stage 3: ORL (image + intra-RoI + inter-RoI), initialised from Stage 1")
-    orl_ckpt = stage3.demo_step(shards, mined, os.path.join(out, "stage3"), stage1_ckpt=ckpt,
-                                overrides=(f"train.epochs={epochs}",))
+    orl_ckpt = train_stage3(shards, mined, os.path.join(out, "stage3"), stage1_ckpt=ckpt,
+                            overrides=(f"train.epochs={epochs}",))
     print("[demo] evaluation: kNN and linear probes on the scenes' object categories")
     scores = {}
     for name, path in (("BYOL (stage 1)", ckpt), ("ORL (stage 3)", orl_ckpt)):
-        reports = evaluation.demo_step(path, instances, os.path.join(out, "eval", name.split()[0]),
-                                       progress=False)
+        reports = evaluate(path, instances, os.path.join(out, "eval", name.split()[0]),
+                           progress=False)
         for task, report in reports.items():
             scores[(name, task)] = _map(report, "checkpoint")
             scores[("random init", task)] = _map(report, "random init")
@@ -79,3 +79,39 @@ def run(out: str, num_images: int = 128, epochs: int = 5) -> dict[str, str]:
 def _map(report: dict, weights: str) -> float:
     """mAP of the res5 features of ``weights`` ("checkpoint" or "random init") in a report."""
     return float(report["results"][weights]["layers"]["res5"]["mAP"])
+
+
+def mine(shards: str, ckpt: str, out: str, overrides: list[str] | None = None) -> str:
+    """Stage 2 of the demo: mine the demo's shards with its Stage 1 model; returns out."""
+    cfg = load_config("small", [f"data={shards}", f"ckpt={ckpt}", f"out={out}",
+                                *(overrides or [])])
+    summary = pipeline.run(cfg)
+    print(f"[demo] mined {summary['pairs']['pairs']} RoI pairs for "
+          f"{summary['pairs']['records']} images ({summary['proposals']['boxes_per_image']:.1f} "
+          f"boxes/image, {summary['decode_failed']['embed']} undecodable)")
+    return out
+
+
+def train_stage3(shards: str, mined: str, out: str, stage1_ckpt: str = "",
+                 overrides: tuple[str, ...] = ()) -> str:
+    """A short Stage 3 of the demo (after Stage 1 and mining); returns the checkpoint."""
+    init = ["orl.init=stage1", f"ckpt={stage1_ckpt}"] if stage1_ckpt else []
+    cfg = load_config("small", [
+        f"data={shards}", f"pairs={mined}", f"out={out}", *init,
+        "aug.crop_size=64", "orl.patch_size=32", "train.batch_size=16", "train.epochs=1",
+        "train.num_workers=2", "train.ckpt_every_steps=1000", *overrides,
+    ])
+    return stage3.run(cfg)
+
+
+def evaluate(ckpt: str, instances_json: str, out: str, progress: bool = True) -> dict:
+    """The demo's last step: kNN and linear-probe classification of the generated scenes
+    (image-level labels from their COCO ground truth, seeded half held out) with a checkpoint
+    and with random initialisation. Small inputs (resize 128, crop 112), CPU-friendly.
+
+    Returns ``{"knn": report, "linear": report}`` (also written to ``OUT/knn|linear.json|md``).
+    """
+    cfg = load_config("paper", [f"ckpt={ckpt}", "eval.resize=128", "eval.crop=112",
+                                "eval.num_workers=0", "eval.knn.k=20", "eval.linear.epochs=100"])
+    return {task: classification.run(task, cfg, "", instances_json, None, out, progress)
+            for task in ("knn", "linear")}

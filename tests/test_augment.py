@@ -1,16 +1,46 @@
-"""BYOL augmentations: shapes, ranges, and the configured probabilities over many draws."""
+"""BYOL augmentations as both stages draw and render them (sample plans, the torch renderer):
+shapes, ranges, and the configured probabilities over many draws."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from orl_fast.augment import TwoViews, blur_kernel_size, global_view, normalize, photometric
-from orl_fast.config import AugmentConfig, load_config
+from loaders.augment import blur_kernel_size, normalize
+from loaders.orl_samples import SamplePlan, draw_photometric
+from loaders.orl_torch import augment, render
+from orl_fast.core.boxes import random_resized_crop
+from orl_fast.core.config import load_config
+from orl_fast.core.defaults import AugmentConfig
 
 N = 1500
+
+
+def photometric(cfg: AugmentConfig, view: int):
+    """image -> the photometric augmentation of one crop of ``view``, drawn as a plan draws it
+    (flip, colour jitter, grayscale, blur, solarise), from a generator seeded by ``rate``."""
+    def apply(img: torch.Tensor) -> torch.Tensor:
+        return augment(img, draw_photometric(RNG[0], cfg, np.array([view])), 0, cfg)
+    return apply
+
+
+def two_views(cfg: AugmentConfig, img: torch.Tensor, rng: np.random.Generator,
+              size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """image -> (view 1, view 2): the random resized crops and the asymmetric photometric
+    augmentation of a sample plan's crops 0 and 1, rendered by the torch renderer."""
+    h, w = img.shape[1:]
+    boxes = np.stack([random_resized_crop(rng, w, h, cfg.crop_scale, cfg.crop_ratio)
+                      for _ in range(2)])
+    plan = SamplePlan(0, 0, w, h, boxes, draw_photometric(rng, cfg, np.array([0, 1])), False,
+                      False)
+    views, _ = render(plan, img, img, (0, 1), size or cfg.crop_size, 8, cfg)
+    return views[0], views[1]
+
+
+RNG = [np.random.default_rng(0)]
 
 
 def only(**kw) -> AugmentConfig:
@@ -22,7 +52,7 @@ def only(**kw) -> AugmentConfig:
 
 
 def rate(transform, img: torch.Tensor, changed) -> float:
-    torch.manual_seed(0)
+    RNG[0] = np.random.default_rng(0)
     return sum(bool(changed(transform(img))) for _ in range(N)) / N
 
 
@@ -34,11 +64,10 @@ def within(observed: float, p: float) -> bool:
 
 def test_global_views_shapes_dtype_and_range():
     img = torch.randint(0, 256, (3, 150, 200), dtype=torch.uint8)
-    torch.manual_seed(0)
-    v1, v2 = TwoViews(AugmentConfig())(img)
+    v1, v2 = two_views(AugmentConfig(), img, np.random.default_rng(0))
     assert v1.shape == v2.shape == (3, 224, 224)
     assert v1.dtype == torch.uint8
-    small = global_view(load_config("small").aug, 0)(img)
+    small, _ = two_views(load_config("small").aug, img, np.random.default_rng(0))
     assert small.shape == (3, 96, 96)
     x = normalize(torch.stack([v1, v2]), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert x.dtype == torch.float32 and x.shape == (2, 3, 224, 224)
@@ -93,23 +122,29 @@ def test_solarize_rate_per_view(view, p):
 
 
 def test_default_pipeline_is_byol_asymmetric():
+    """The paper's pipeline: random resized crop 224 (scale 0.08-1), then flip, colour jitter,
+    grayscale, blur, solarise in torchvision's order, blur 1.0 / 0.1 and solarise 0 / 0.2 for
+    views 1 / 2 (BYOL's asymmetry)."""
     cfg = AugmentConfig()
-    v1, v2 = TwoViews(cfg).views
-    ops1 = [type(t).__name__ for t in v1.transforms[1].transforms]
-    assert ops1 == ["RandomHorizontalFlip", "RandomApply", "RandomGrayscale", "RandomApply",
-                    "RandomSolarize"]
-    blur1, blur2 = v1.transforms[1].transforms[3], v2.transforms[1].transforms[3]
-    sol1, sol2 = v1.transforms[1].transforms[4], v2.transforms[1].transforms[4]
-    assert (blur1.p, blur2.p, sol1.p, sol2.p) == (1.0, 0.1, 0.0, 0.2)
-    crop = v1.transforms[0]
-    assert crop.size == (224, 224) and crop.scale == (0.08, 1.0)
+    rng = np.random.default_rng(0)
+    draws = [draw_photometric(rng, cfg, np.array([0, 1])) for _ in range(N)]
+    blur = np.array([d.sigma > 0 for d in draws]).mean(0)
+    solar = np.array([d.solarize for d in draws]).mean(0)
+    assert within(blur[0], 1.0) and within(blur[1], 0.1)
+    assert within(solar[0], 0.0) and within(solar[1], 0.2)
+    assert list(draws[0].__dataclass_fields__) == ["flip", "jitter", "order", "factors", "gray",
+                                                   "sigma", "solarize"]
+    crops = np.stack([random_resized_crop(rng, 400, 300, cfg.crop_scale, cfg.crop_ratio)
+                      for _ in range(N)])
+    area = crops[:, 2] * crops[:, 3] / (400 * 300)
+    assert area.min() >= 0.08 - 0.01 and area.max() <= 1.0 and area.min() < 0.15
+    views = two_views(cfg, torch.zeros(3, 300, 400, dtype=torch.uint8), rng)
+    assert all(v.shape == (3, 224, 224) for v in views)
 
 
 def test_same_seed_same_views():
     img = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)
-    tv = TwoViews(AugmentConfig(crop_size=32))
-    torch.manual_seed(7)
-    a = tv(img)
-    torch.manual_seed(7)
-    b = tv(img)
+    cfg = AugmentConfig(crop_size=32)
+    a = two_views(cfg, img, np.random.default_rng(7))
+    b = two_views(cfg, img, np.random.default_rng(7))
     assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from orl_fast.config import load_config
-from orl_fast.engine import Schedule, make_optimizer
-from orl_fast.losses import regression_loss
-from orl_fast.models import BYOL, MLP, ema_update_
-from orl_fast.schedules import ema_tau, learning_rate
+from orl_fast.core.config import load_config
+from orl_fast.core.losses import regression_loss
+from orl_fast.core.models import BYOL, MLP, ema_update_
+from orl_fast.training.engine import Schedule, make_optimizer
+from orl_fast.training.schedules import ema_tau, learning_rate
 
 
 def test_regression_loss_hand_computed():

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from orl_fast import checkpoint
 from orl_fast.cli import main
-from orl_fast.config import load_config
+from orl_fast.core import checkpoint
+from orl_fast.core.config import load_config
 
 
 def test_config_prints_resolved_yaml(capsys):
@@ -55,7 +55,7 @@ def test_demo_runs_the_pipeline(tmp_path, capsys):
     assert state["step"] == 2  # 32 images, batch 16, 1 epoch
     assert (tmp_path / "scenes" / "instances.json").exists()
     assert (tmp_path / "shards" / "index.json").exists()
-    from mining.records import open_pairs
+    from loaders.pairs import open_pairs
     assert len(open_pairs(str(tmp_path / "mined"))) == 32  # one pair record per image
     assert "pair purity" in out
     orl = checkpoint.load(str(tmp_path / "stage3"))

@@ -25,11 +25,12 @@ from typing import ClassVar
 
 import pytest
 import yaml
-from conftest import REPO, orl_fast_cmd, require_full_ray, subprocess_env
+from support.common import REPO, orl_fast_cmd, require_full_ray, subprocess_env
 
 from cluster import submit as sub
 from orl_fast.cli import build_parser, main
-from orl_fast.config import MineConfig, TrainConfig, load_config
+from orl_fast.core.config import load_config
+from orl_fast.core.defaults import MineConfig, TrainConfig
 
 CLUSTER = REPO / "cluster"
 SECRET_NAMES = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
@@ -490,7 +491,7 @@ TOKEN = "orl-test-token-0123456789abcdef"
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     require_full_ray("ray.job_submission")
-    from cluster.loopback import start_head, stop
+    from support.loopback import start_head, stop
 
     h = start_head(tmp_path_factory.mktemp("ray-head"), num_cpus=2, dashboard=True,
                    auth_token=TOKEN)
@@ -590,7 +591,7 @@ def test_e2e_wrong_or_missing_token_is_refused(head, tmp_path):
 @pytest.mark.slow
 def test_e2e_orl_fast_mine_as_a_job(head, tmp_path, scene_shards):
     """`orl-fast submit -- orl-fast mine ...`: the job mines on its own cluster (RAY_ADDRESS)."""
-    from mining_support import MINE, MODEL, make_ckpt
+    from support.mining import MINE, MODEL, make_ckpt
 
     shards, _ = scene_shards
     ckpt = make_ckpt(str(tmp_path / "stage1"))
@@ -611,7 +612,7 @@ def test_e2e_orl_fast_mine_as_a_job(head, tmp_path, scene_shards):
 @pytest.mark.slow
 def test_e2e_every_listening_socket_is_loopback(head):
     """After the jobs above: no process of the cluster listens beyond 127.0.0.1."""
-    from cluster.loopback import is_loopback, listening_addresses, process_name
+    from support.loopback import is_loopback, listening_addresses, process_name
 
     pids = head.pids()
     assert len(pids) > 5
@@ -627,7 +628,7 @@ def test_e2e_every_listening_socket_is_loopback(head):
 def test_listening_addresses_sees_this_process(tmp_path):
     import socket
 
-    from cluster.loopback import is_loopback, listening_addresses
+    from support.loopback import is_loopback, listening_addresses
 
     with socket.socket() as s4, socket.socket(socket.AF_INET6) as s6:
         s4.bind(("127.0.0.1", 0))

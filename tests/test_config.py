@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orl_fast.config import Config, ConfigError, load_config, shipped_configs
+from orl_fast.core.config import ConfigError, load_config, shipped_configs
+from orl_fast.core.defaults import Config
 
 
 def test_paper_config_equals_spec():

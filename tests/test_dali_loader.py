@@ -8,15 +8,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from orl_helpers import coded_dataset, expected_patch, random_pairs
 from PIL import Image
+from support.orl import coded_dataset, expected_patch, random_pairs
 
 from loaders.dali_loader import DALIBatches, import_dali
 from loaders.orl_samples import SampleBuilder
 from loaders.orl_torch import ORLDataset
 from loaders.sampling import StepBatchSampler
-from orl_fast.config import load_config
-from orl_fast.stage3 import choose_loader
+from orl_fast.core.config import load_config
+from orl_fast.training.runs import choose_loader
 
 NO_PHOTOMETRIC = ["aug.color_jitter_p=0", "aug.grayscale_p=0", "aug.blur_p=[0,0]",
                   "aug.solarize_p=[0,0]"]

@@ -14,12 +14,12 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, orl_fast_cmd, require_full_ray, subprocess_env
-from orl_helpers import TINY_ORL, random_pairs
+from support.common import TINY_OVERRIDES, orl_fast_cmd, require_full_ray, subprocess_env
+from support.loopback import descendants, is_loopback, listening_addresses
+from support.orl import TINY_ORL, random_pairs
 
-from cluster.loopback import descendants, is_loopback, listening_addresses
-from cluster.runtime import free_port
-from orl_fast import checkpoint
+from orl_fast.core import checkpoint
+from orl_fast.core.ray_runtime import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def test_ray_train_stage3_dali_two_workers_equal_one_process(coco_shards, tmp_pa
 
 
 def test_ray_train_batch_must_split_over_workers():
-    from orl_fast.config import ConfigError, load_config
+    from orl_fast.core.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=r"^train\.batch_size: 8 must be divisible by "
                                           r"train\.ray_workers=3"):

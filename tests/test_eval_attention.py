@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import orl_fast_cmd, subprocess_env
-from eval_common import make_checkpoint
 from PIL import Image
+from support.common import orl_fast_cmd, subprocess_env
+from support.evaluation import make_checkpoint
 
 from evaluation import attention, backbones
 
@@ -31,8 +31,8 @@ def test_attention_map_is_the_upsampled_channel_mean_of_res5():
     assert a.shape == (70, 90) and a.min() == pytest.approx(0) and a.max() == pytest.approx(1)
     # Recompute: res5 mean over channels, bilinear upsampling, min-max scaling.
     from evaluation.features import stages
-    from orl_fast.augment import normalize
-    from orl_fast.config import IMAGENET_MEAN, IMAGENET_STD
+    from loaders.augment import normalize
+    from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
     x = normalize(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None], IMAGENET_MEAN,
                   IMAGENET_STD)
     with torch.no_grad():

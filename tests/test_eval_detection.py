@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import subprocess_env
-from eval_common import TINY_DETECTION, make_checkpoint, pennfudan_subsets
+from support.common import subprocess_env
+from support.evaluation import TINY_DETECTION, make_checkpoint, pennfudan_subsets
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from evaluation import backbones, detection
-from orl_fast.config import DetectionConfig, load_config
+from orl_fast.core.config import load_config
+from orl_fast.core.defaults import DetectionConfig
 
 
 @pytest.fixture(scope="module")

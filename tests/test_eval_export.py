@@ -12,11 +12,11 @@ import pytest
 import torch
 import torchvision
 import yaml
-from conftest import orl_fast_cmd, subprocess_env
-from eval_common import make_checkpoint
+from support.common import orl_fast_cmd, subprocess_env
+from support.evaluation import make_checkpoint
 
 from evaluation import backbones, export
-from orl_fast.config import DetectionConfig
+from orl_fast.core.defaults import DetectionConfig
 
 
 def detectron2_resnet50_parameters() -> dict[str, tuple[int, ...]]:

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import orl_fast_cmd, subprocess_env
-from eval_common import make_checkpoint, separable
+from support.common import orl_fast_cmd, subprocess_env
+from support.evaluation import make_checkpoint, separable
 
-import evaluation
 from evaluation import backbones, classification, datasets, probes
 from evaluation.features import PooledFeatures, cached_features, extract
-from orl_fast.config import load_config
-from orl_fast.models import build_backbone
+from orl_fast import demo
+from orl_fast.core.config import load_config
+from orl_fast.core.models import build_backbone
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_cli_eval_linear_on_a_coco_split(scene_shards, tiny_ckpt, tmp_path):
 
 def test_demo_step(scene_shards, tiny_ckpt, tmp_path):
     _, instances = scene_shards
-    out = evaluation.demo_step(tiny_ckpt[0], instances, str(tmp_path), progress=False)
+    out = demo.evaluate(tiny_ckpt[0], instances, str(tmp_path), progress=False)
     assert set(out) == {"knn", "linear"}
     for rep in out.values():
         assert list(rep["results"]) == ["checkpoint", "random init"]

@@ -7,11 +7,11 @@ import math
 
 import numpy as np
 import pytest
-from eval_common import TINY_DETECTION, make_checkpoint, pennfudan_subsets
+from support.evaluation import TINY_DETECTION, make_checkpoint, pennfudan_subsets
 
 from evaluation import backbones, datasets, detection
 from evaluation.features import extract
-from orl_fast.config import load_config
+from orl_fast.core.config import load_config
 
 pytestmark = pytest.mark.gpu
 

@@ -10,7 +10,8 @@ import pytest
 
 from evaluation import report
 from evaluation.metrics import area_ap, classification_metrics, voc07_ap
-from orl_fast.config import ORL_SVM_COSTS, Config, ConfigError, load_config
+from orl_fast.core.config import ConfigError, load_config
+from orl_fast.core.defaults import ORL_SVM_COSTS, Config
 
 
 def test_voc07_ap_hand_computed():

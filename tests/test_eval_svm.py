@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 import pytest
-from eval_common import separable
+from support.evaluation import separable
 
 from evaluation import datasets, lowshot, voc07
-from orl_fast.config import load_config
+from orl_fast.core.config import load_config
 
 GRID = (0.01, 0.1, 1.0, 10.0)
 

@@ -7,14 +7,15 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from support.common import REPO
 
-from cluster.runtime import ray_session
 from mining.knn import KnnIndex
-from orl_fast import ray_train, storage
 from orl_fast.cli import main
-from orl_fast.config import load_config
-from orl_fast.extras import MissingExtra, require, require_opencv_contrib
+from orl_fast.core import storage
+from orl_fast.core.config import load_config
+from orl_fast.core.extras import MissingExtra, require, require_opencv_contrib
+from orl_fast.core.ray_runtime import ray_session
+from orl_fast.training import launch, stage1
 
 
 def _without(modules: list[str], code: str) -> subprocess.CompletedProcess:
@@ -66,7 +67,7 @@ def test_ray_session_without_ray(monkeypatch):
 def test_ray_train_launcher_without_ray_train(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray.train", None)
     with pytest.raises(MissingExtra, match=r"train.launcher=ray needs the `ray` extra"):
-        ray_train.run(load_config("small"), "stage1")
+        launch.ray_train(load_config("small"), stage1.run)
 
 
 def test_submit_without_ray_is_one_line(monkeypatch, capsys):
@@ -93,7 +94,7 @@ def test_dashboard_without_its_dependencies(monkeypatch):
     """A minimal Ray (no ray[default]) cannot run the dashboard that Ray Train and jobs need."""
     from ray._private import utils
 
-    from cluster.runtime import require_dashboard
+    from orl_fast.core.ray_runtime import require_dashboard
 
     monkeypatch.setattr(utils, "get_dashboard_dependency_error", lambda: "No module named 'x'",
                         raising=False)

@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 import pytest
-from conftest import orl_fast_cmd, subprocess_env
 from PIL import Image
+from support.common import orl_fast_cmd, subprocess_env
 
 from loaders.ingest import IngestMismatch, ingest
 from loaders.shards import ShardIndex, iter_shard
-from orl_fast.config import IngestConfig
+from orl_fast.core.defaults import IngestConfig
 
 
 def digest_dir(path) -> dict[str, str]:

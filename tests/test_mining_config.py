@@ -9,8 +9,9 @@ import pytest
 
 from loaders.shards import write_index
 from mining.manifest import make_plan
-from orl_fast import checkpoint
-from orl_fast.config import ConfigError, MineConfig, load_config
+from orl_fast.core import checkpoint
+from orl_fast.core.config import ConfigError, load_config
+from orl_fast.core.defaults import MineConfig
 
 
 def test_paper_defaults():

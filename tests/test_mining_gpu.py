@@ -7,13 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from mining_support import make_ckpt, mine_config
+from support.mining import make_ckpt, mine_config
 
+from loaders.images import decode_array
 from mining import pipeline
 from mining.embed import ModelRunner, _decode_cuda
 from mining.knn import KnnIndex
-from mining.proposals import decode_array
-from orl_fast.config import MineConfig
+from orl_fast.core.defaults import MineConfig
 
 pytestmark = pytest.mark.gpu
 

@@ -13,16 +13,16 @@ import shutil
 
 import numpy as np
 import pytest
-from mining_support import make_ckpt, mine_config, output_digests
 from PIL import Image
+from support.mining import make_ckpt, mine_config, output_digests
 
+from loaders.pairs import PairRecord, open_pairs, read_record
 from loaders.shards import iter_shard, shard_summary, write_idx, write_index, write_shard
 from mining import official_json, pipeline
 from mining.arrays import NpyRows, load_arrays
 from mining.purity import pair_purity
-from mining.records import PairRecord, open_pairs, read_record
 from orl_fast import cli
-from orl_fast.config import MineConfig
+from orl_fast.core.defaults import MineConfig
 
 SCENES = ["mine.executor=local", "mine.min_box_size=24", "mine.ss_max_side=0"]
 

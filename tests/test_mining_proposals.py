@@ -7,16 +7,11 @@ import os
 import numpy as np
 import pytest
 
+from loaders.images import decode_array
 from loaders.shards import iter_shard
-from mining.proposals import (
-    box_iou,
-    decode_array,
-    filter_boxes,
-    propose,
-    propose_shard_isolated,
-    scale_boxes,
-)
-from orl_fast.config import MineConfig
+from mining.proposals import propose, propose_shard_isolated
+from orl_fast.core.boxes import box_iou, filter_boxes, scale_boxes
+from orl_fast.core.defaults import MineConfig
 
 PAPER = {"min_size": 96, "aspect_range": (1 / 3, 3.0), "max_iou": 0.5, "max_boxes": 100}
 

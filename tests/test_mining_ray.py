@@ -16,12 +16,12 @@ import threading
 import time
 
 import pytest
-from conftest import orl_fast_cmd, subprocess_env
-from mining_support import MINE, MODEL, make_ckpt, mine_config, output_digests
+from support.common import orl_fast_cmd, subprocess_env
+from support.mining import MINE, MODEL, make_ckpt, mine_config, output_digests
 
-from cluster.runtime import ray_session
+from loaders.pairs import open_pairs, read_record
 from mining import pipeline
-from mining.records import open_pairs, read_record
+from orl_fast.core.ray_runtime import ray_session
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import orl_fast_cmd, subprocess_env
-from mining_support import MINE, MODEL, make_ckpt, mine_config, output_digests
+from support.common import orl_fast_cmd, subprocess_env
+from support.loopback import is_loopback, listening_addresses, start_head, start_worker, stop
+from support.mining import MINE, MODEL, make_ckpt, mine_config, output_digests
 
-from cluster.loopback import is_loopback, listening_addresses, start_head, start_worker, stop
 from mining import pipeline
 
 pytestmark = pytest.mark.slow

@@ -13,13 +13,13 @@ import os
 
 import fsspec
 import pytest
-from mining_support import make_ckpt, mine_config, output_digests
-from s3_support import download_tree
+from support.mining import make_ckpt, mine_config, output_digests
+from support.s3 import download_tree
 
 from loaders.ingest import ingest
 from loaders.shards import ShardIndex
 from mining import pipeline
-from orl_fast.config import IngestConfig
+from orl_fast.core.defaults import IngestConfig
 
 pytestmark = pytest.mark.slow
 

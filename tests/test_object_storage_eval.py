@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import orl_fast_cmd, subprocess_env
-from eval_common import TINY_DETECTION, make_checkpoint, pennfudan_subsets
+from support.common import orl_fast_cmd, subprocess_env
+from support.evaluation import TINY_DETECTION, make_checkpoint, pennfudan_subsets
 
 from evaluation import attention, backbones, classification, datasets, detection, export
-from orl_fast import checkpoint, stage1, storage
-from orl_fast.config import load_config
-from orl_fast.runlog import RunLog
+from orl_fast.core import checkpoint, storage
+from orl_fast.core.config import load_config
+from orl_fast.core.runlog import RunLog
+from orl_fast.training import stage1
 
 FAST_EVAL = ["eval.resize=64", "eval.crop=56", "eval.num_workers=0", "eval.device=cpu",
              "eval.jobs=1"]
@@ -153,7 +154,7 @@ def _scalar_steps(tb_dir: str, tag: str) -> list[int]:
 
 def test_stage1_on_s3_checkpoints_resumes_and_uploads_logs(coco_shards, tiny_config, s3_server,
                                                            tmp_path, capsys):
-    from s3_support import download_tree
+    from support.s3 import download_tree
 
     bucket = s3_server.make_bucket("stage1")
     upload(coco_shards, f"{bucket}/shards")

@@ -14,11 +14,11 @@ import os
 import tracemalloc
 
 import numpy as np
+from support.simulate import simulate, synthetic_dataset
 
+from loaders.pairs import open_pairs
 from loaders.sampling import StepBatchSampler
 from loaders.shards import ShardIndex
-from mining.records import open_pairs
-from mining.simulate import simulate, synthetic_dataset
 
 BOUND_100K = 3 << 20  # bytes: 30 B per image at 100k images (an image-level list is >= 8 B)
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY_OVERRIDES, orl_fast_cmd, subprocess_env
+from support.common import TINY_OVERRIDES, orl_fast_cmd, subprocess_env
 
-from cluster.runtime import free_port
-from orl_fast import checkpoint, stage1
-from orl_fast.distributed import CrossRankBatchNorm, convert_sync_batchnorm
+from orl_fast.core import checkpoint
+from orl_fast.core.distributed import CrossRankBatchNorm, convert_sync_batchnorm
+from orl_fast.core.ray_runtime import free_port
+from orl_fast.training import stage1
 
 
 def metrics(run) -> list[dict]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orl_fast import checkpoint
-from orl_fast.config import ConfigError, ModelConfig
-from orl_fast.losses import regression_loss
-from orl_fast.models import BYOL, ORL
-from orl_fast.stage3 import init_from_stage1
+from orl_fast.core import checkpoint
+from orl_fast.core.config import ConfigError
+from orl_fast.core.defaults import ModelConfig
+from orl_fast.core.losses import regression_loss
+from orl_fast.core.models import BYOL, IMAGE_ONLY, ORL
+from orl_fast.training.stage3 import init_from_stage1
 
 CFG = ModelConfig(backbone="resnet18", proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32)
 
@@ -22,6 +23,16 @@ def _inputs(seed=0, batch=2):
     return views, patches
 
 
+def _terms(patches, intra=True, inter=True) -> dict:
+    """The named patch pairs of ORL.forward: intra = (p, p'), inter = (p1, p2)."""
+    out = {}
+    if intra:
+        out["intra"] = (patches[0], patches[1])
+    if inter:
+        out["inter"] = (patches[2], patches[3])
+    return out
+
+
 def _model(weights=(1.0, 1.0, 1.0), seed=0):
     torch.manual_seed(seed)
     return ORL(CFG, weights)
@@ -30,7 +41,7 @@ def _model(weights=(1.0, 1.0, 1.0), seed=0):
 def test_three_predictors_and_the_shared_encoder_get_gradients():
     model = _model()
     views, patches = _inputs()
-    loss, metrics = model(*views, *patches)
+    loss, metrics = model(*views, **_terms(patches))
     loss.backward()
     assert set(metrics) == {"loss_image", "loss_intra", "loss_inter"}
     for name in ("predictor", "intra_predictor", "inter_predictor", "online"):
@@ -46,12 +57,12 @@ def test_three_predictors_and_the_shared_encoder_get_gradients():
 def test_each_term_is_symmetric_and_lambda_weighted():
     views, patches = _inputs()
     model = _model((0.5, 2.0, 3.0))
-    loss, m = model(*views, *patches)
+    loss, m = model(*views, **_terms(patches))
     weighted = 0.5 * m["loss_image"] + 2 * m["loss_intra"] + 3 * m["loss_inter"]
     assert loss.item() == pytest.approx(weighted.item(), rel=1e-6)
     # swapping the two inputs of every pair leaves every term unchanged
-    swapped = [views[1], views[0], patches[1], patches[0], patches[3], patches[2]]
-    _, ms = model(*swapped)
+    _, ms = model(views[1], views[0], intra=(patches[1], patches[0]),
+                  inter=(patches[3], patches[2]))
     for k in m:
         assert ms[k].item() == pytest.approx(m[k].item(), rel=1e-6)
     # a term is L(q(a), z'(b)) + L(q(b), z'(a)) with its own predictor
@@ -61,28 +72,45 @@ def test_each_term_is_symmetric_and_lambda_weighted():
               + regression_loss(q(model.online(b)), model.target(a)))
     assert m["loss_intra"].item() == pytest.approx(manual.item(), rel=1e-5)
     # unit weights: the plain sum of the three terms
-    loss1, m1 = _model()(*views, *patches)
+    loss1, m1 = _model()(*views, **_terms(patches))
     assert loss1.item() == pytest.approx(sum(v.item() for v in m1.values()), rel=1e-6)
 
 
-@pytest.mark.parametrize("weights, attrs, n_patches", [
-    ((1, 1, 0), {"predictor", "intra_predictor"}, 2),
-    ((1, 0, 1), {"predictor", "inter_predictor"}, 2),
-    ((0, 1, 1), {"intra_predictor", "inter_predictor"}, 4),
+@pytest.mark.parametrize("weights, attrs", [
+    ((1, 1, 0), {"predictor", "intra_predictor"}),
+    ((1, 0, 1), {"predictor", "inter_predictor"}),
+    ((0, 1, 1), {"intra_predictor", "inter_predictor"}),
+    ((1, 0, 0), {"predictor"}),
 ])
-def test_terms_off_have_no_predictor_and_no_patches(weights, attrs, n_patches):
+def test_terms_off_have_no_predictor_and_no_patches(weights, attrs):
     model = _model(weights)
     present = {a for a in ("predictor", "intra_predictor", "inter_predictor")
                if getattr(model, a) is not None}
     assert present == attrs
     views, patches = _inputs()
-    loss, metrics = model(*views, *patches[:n_patches])
+    terms = _terms(patches, intra=weights[1] > 0, inter=weights[2] > 0)
+    loss, metrics = model(*views, **terms)
     loss.backward()  # every parameter that exists takes part (DDP needs no unused parameters)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert len(metrics) == sum(w > 0 for w in weights)
-    wrong = patches if n_patches == 2 else patches[:2]
-    with pytest.raises(ValueError, match="patches"):
-        model(*views, *wrong)
+    # a term given with weight 0, or missing with weight > 0, is an error naming it
+    for term, on in (("intra", weights[1] > 0), ("inter", weights[2] > 0)):
+        wrong = {**terms}
+        if on:
+            del wrong[term]
+        else:
+            wrong[term] = (patches[0], patches[1])
+        with pytest.raises(ValueError, match=f"^{term}: {'missing' if on else 'given'}"):
+            model(*views, **wrong)
+
+
+def test_image_only_is_byol():
+    """Stage 1's model: ORL with loss weights (1, 0, 0) has BYOL's modules, keys and loss."""
+    byol, orl = BYOL(CFG), ORL(CFG, IMAGE_ONLY)
+    assert list(orl.state_dict()) == list(byol.state_dict())
+    orl.load_state_dict(byol.state_dict())
+    views, _ = _inputs()
+    assert orl(*views)[0].item() == pytest.approx(byol(*views)[0].item(), rel=1e-6)
 
 
 def test_ema_updates_the_one_target():

@@ -8,20 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from orl_helpers import random_pairs
+from support.orl import random_pairs
+from support.synthetic_pairs import write_pairs
 
-from loaders.orl_samples import (
-    SampleBuilder,
-    box_iou,
-    draw_photometric,
-    jitter_box,
-    local_crops,
-    random_resized_crop,
-)
+from loaders.orl_samples import SampleBuilder, draw_photometric, local_crops
+from loaders.pairs import PairRecord
 from loaders.shards import ShardIndex
-from loaders.synthetic_pairs import write_pairs
-from mining.records import PairRecord
-from orl_fast.config import ConfigError, load_config
+from orl_fast.core.boxes import box_iou, jitter_box, random_resized_crop
+from orl_fast.core.config import ConfigError, load_config
 
 PAPER = load_config("paper")
 
@@ -143,7 +137,7 @@ def test_plans_are_pure_functions_of_seed_epoch_position(coco_shards, coco_pairs
 
 
 def test_inter_pair_comes_from_the_record_and_boxes_fit_the_images(coco_shards, coco_pairs):
-    from mining.records import open_pairs, read_record
+    from loaders.pairs import open_pairs, read_record
 
     builder = _builder(coco_shards, coco_pairs)
     pairs = open_pairs(coco_pairs)
@@ -246,7 +240,7 @@ def test_multicrop_ablation_and_terms_off(coco_shards):
     assert len({tuple(x) for x in plan.boxes}) == 6
     area = plan.boxes[2:, 2] * plan.boxes[2:, 3] / (plan.width * plan.height)
     assert (area > 0.07).all() and (area <= 1).all()
-    assert local_crops(load_config("small", ["orl.loss_weights=[1,1,0]"])) == (2, 3)
-    assert local_crops(load_config("small", ["orl.loss_weights=[1,0,1]"])) == (4, 5)
+    assert local_crops(load_config("small", ["orl.loss_weights=[1,1,0]"]).orl.loss_weights) == (2, 3)
+    assert local_crops(load_config("small", ["orl.loss_weights=[1,0,1]"]).orl.loss_weights) == (4, 5)
     with pytest.raises(ConfigError, match="^pairs"):
         SampleBuilder(load_config("small", [f"data={coco_shards}"]))

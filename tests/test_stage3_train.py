@@ -11,14 +11,17 @@ import time
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, orl_fast_cmd, subprocess_env
-from orl_helpers import TINY_ORL, random_pairs
+from support.common import TINY_OVERRIDES, orl_fast_cmd, subprocess_env
+from support.orl import TINY_ORL, random_pairs
 
 from loaders.orl_samples import SampleBuilder
-from orl_fast import checkpoint, stage3
-from orl_fast.config import ConfigError, ORLConfig, load_config
-from orl_fast.distributed import init_runtime
-from orl_fast.models import BYOL
+from orl_fast import demo
+from orl_fast.core import checkpoint
+from orl_fast.core.config import ConfigError, load_config
+from orl_fast.core.defaults import ORLConfig
+from orl_fast.core.distributed import init_runtime
+from orl_fast.core.models import BYOL
+from orl_fast.training import runs, stage3
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +126,15 @@ def test_dali_cpu_backend_in_the_trainer(coco_shards, coco_pairs, tmp_path):
 
     rt = init_runtime("cpu")
     builder = SampleBuilder(cfg)
-    prepare = stage3.frames_to_device(cfg)
-    (dali,) = list(stage3.make_loader_fn(cfg, builder, rt, "dali")(3, 4))
-    (tv,) = list(stage3.make_loader_fn(cfg, builder, rt, "torch")(3, 4))
+    prepare = runs.to_inputs(cfg, builder.crops)
+    (dali,) = list(runs.make_loader_fn(cfg, builder, rt, "dali")(3, 4))
+    (tv,) = list(runs.make_loader_fn(cfg, builder, rt, "torch")(3, 4))
     a, b = prepare(dali, rt.device), prepare(tv, rt.device)
-    assert len(a) == len(b) == 6
-    for x, y in zip(a, b):  # normalised inputs: 2 levels of 255 ~ 0.035 after / std
+    assert list(a) == list(b) == ["v1", "v2", "intra", "inter"]
+    flat = [(a["v1"], b["v1"]), (a["v2"], b["v2"]), *zip(a["intra"], b["intra"]),
+            *zip(a["inter"], b["inter"])]
+    assert len(flat) == 6
+    for x, y in flat:  # normalised inputs: 2 levels of 255 ~ 0.035 after / std
         assert x.shape == y.shape and (x - y).abs().mean() < 0.035
 
 
@@ -154,8 +160,8 @@ def test_demo_step_from_a_stage1_checkpoint(coco_shards, coco_pairs, tmp_path):
     byol = BYOL(load_config("small", list(tiny)).model)
     checkpoint.save(str(tmp_path / "stage1"), 5, {"stage": "stage1", "model": byol.state_dict()},
                     keep_last=1)
-    path = stage3.demo_step(coco_shards, coco_pairs, str(tmp_path / "stage3"),
-                            stage1_ckpt=str(tmp_path / "stage1"), overrides=tiny)
+    path = demo.train_stage3(coco_shards, coco_pairs, str(tmp_path / "stage3"),
+                             stage1_ckpt=str(tmp_path / "stage1"), overrides=tiny)
     state = checkpoint.load(path)
     assert state["stage"] == "stage3" and state["step"] == 1
     assert state["config"]["orl"]["init"] == "stage1"

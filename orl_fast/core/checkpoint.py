@@ -19,7 +19,7 @@ import re
 import numpy as np
 import torch
 
-from orl_fast import storage
+from orl_fast.core import storage
 
 FORMAT = "orl-fast/1"
 CKPT_DIR = "checkpoints"

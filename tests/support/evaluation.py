@@ -8,9 +8,9 @@ import os
 import numpy as np
 import torch
 
-from orl_fast import checkpoint
-from orl_fast.config import load_config
-from orl_fast.models import BYOL
+from orl_fast.core import checkpoint
+from orl_fast.core.config import load_config
+from orl_fast.core.models import BYOL
 
 # A tiny BYOL: ResNet-18 backbone, small MLPs (the conftest tiny_config model section).
 TINY_MODEL = ["model.backbone=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",

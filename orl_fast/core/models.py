@@ -13,8 +13,11 @@ import torch
 import torchvision
 from torch import nn
 
-from orl_fast.config import ModelConfig
-from orl_fast.losses import regression_loss
+from orl_fast.core.defaults import ModelConfig
+from orl_fast.core.losses import regression_loss
+
+# ORL's loss weights that leave the image term alone: BYOL, Stage 1.
+IMAGE_ONLY = (1.0, 0.0, 0.0)
 
 
 def build_backbone(name: str) -> tuple[nn.Module, int]:
@@ -92,8 +95,12 @@ class ORL(BYOL):
 
     One backbone + projector (``online``) and one EMA ``target`` serve the global views and the
     patches; the three predictors are separate. A term with weight 0 has no predictor (so DDP sees
-    no unused parameter) and takes no patches. ``forward(v1, v2, *patches)``: the global views,
-    then (p, p') of the intra-RoI term and (p1, p2) of the inter-RoI term, for the terms on.
+    no unused parameter) and takes no patches: with :data:`IMAGE_ONLY` the modules and their keys
+    are BYOL's (Stage 1).
+
+    ``forward(v1, v2, intra=(p, p'), inter=(p1, p2))``: the two global views of x; the intra-RoI
+    pair (a kept box of x and its jitter); the inter-RoI pair (a mined box of x and its match in
+    the neighbour). ``intra`` / ``inter`` are given exactly when their weight is > 0.
     """
 
     TERMS = (("image", "predictor"), ("intra", "intra_predictor"), ("inter", "inter_predictor"))
@@ -110,18 +117,19 @@ class ORL(BYOL):
             self.predictor = None
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor,
-                *patches: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        n_local = sum(w > 0 for w in self.loss_weights[1:])
-        if len(patches) != 2 * n_local:
-            raise ValueError(f"expected {2 * n_local} patches (loss weights {self.loss_weights}), "
-                             f"got {len(patches)}")
-        pairs = iter(zip(patches[0::2], patches[1::2]))
+                intra: tuple[torch.Tensor, torch.Tensor] | None = None,
+                inter: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict]:
+        pairs = {"image": (v1, v2), "intra": intra, "inter": inter}
         loss, metrics = 0.0, {}
         for (name, attr), weight in zip(self.TERMS, self.loss_weights):
+            pair = pairs[name]
+            if name != "image" and (pair is None) != (weight == 0):
+                raise ValueError(f"{name}: {'missing' if pair is None else 'given'} with loss "
+                                 f"weight {weight} (loss weights {self.loss_weights})")
             if weight == 0:
                 continue
-            a, b = (v1, v2) if name == "image" else next(pairs)
-            term = self.pair_loss(getattr(self, attr), a, b)
+            term = self.pair_loss(getattr(self, attr), *pair)
             loss = loss + weight * term
             metrics[f"loss_{name}"] = term.detach()
         return loss, metrics

@@ -20,7 +20,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from orl_fast.extras import MissingExtra
+from orl_fast.core.extras import MissingExtra
 
 TMP_MARK = ".tmp-"
 

@@ -1,9 +1,13 @@
-"""The per-image record Stage 2 writes and Stage 3 reads: kept boxes, neighbours, RoI pairs.
+"""Pair shards, the data format between Stage 2 and Stage 3: per image its kept boxes,
+neighbours and RoI pairs.
 
 One record per query image, stored as ``{key}.pairs`` members of WebDataset tars
 (``MINED/pairs/pairs-000000.tar`` ...) with the same ``index.json`` + ``.idx.npy`` layout as the
 image shards, so :class:`loaders.shards.ShardIndex` fetches a record by key with one byte-range
-read. Boxes are xywh in original image pixels.
+read. Boxes are xywh in original image pixels. ``pairs/index.json`` also records what the pairs
+were mined with (``"mined": {"knn_k": K, "topn_frac": N}``): the largest K and N Stage 3 may use.
+Every writer (the mining pairs units, the import of official ORL files, test data) writes through
+:func:`write_pair_shards`.
 
 Binary layout of a record (little-endian)::
 
@@ -24,12 +28,23 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from loaders.shards import ShardIndex
-from orl_fast import storage
+from loaders.shards import (
+    INDEX_FILE,
+    ShardIndex,
+    format_key,
+    idx_name,
+    shard_summary,
+    write_idx,
+    write_index,
+    write_shard,
+)
+from orl_fast.core import storage
+from orl_fast.core.config import ConfigError
 
 MAGIC = b"ORLP"
 VERSION = 1
@@ -117,6 +132,45 @@ class PairRecord:
 
 def pair_shard_name(shard_id: int) -> str:
     return f"pairs-{shard_id:06d}.tar"
+
+
+def write_pair_shards(mined: str, shards: Iterable[tuple[int, Iterable[PairRecord]]],
+                      knn_k: int | None = None, topn_frac: float | None = None) -> list[dict]:
+    """Write ``MINED/pairs/pairs-{id}.tar`` + ``.idx.npy`` for each (shard id, records in
+    increasing key order); returns their ``index.json`` entries. With ``knn_k`` and
+    ``topn_frac`` (what the pairs were mined with) the shards are the whole set: ``index.json``
+    is written too (else see :func:`write_pairs_index`)."""
+    root = storage.join(mined, PAIRS_DIR)
+    storage.makedirs(root)
+    entries = []
+    for shard_id, records in shards:
+        name = pair_shard_name(shard_id)
+        rows = write_shard(storage.join(root, name),
+                           ((format_key(r.key), r.encode(), None) for r in records), ext=EXT)
+        write_idx(storage.join(root, idx_name(name)), rows)
+        entries.append(shard_summary(name, rows))
+    if knn_k is not None and topn_frac is not None:
+        write_pairs_index(mined, entries, knn_k, topn_frac)
+    return entries
+
+
+def write_pairs_index(mined: str, entries: list[dict], knn_k: int, topn_frac: float) -> dict:
+    """``MINED/pairs/index.json`` of pair shards (entries in shard order) mined with K, N."""
+    return write_index(storage.join(mined, PAIRS_DIR), entries,
+                       mined={"knn_k": int(knn_k), "topn_frac": float(topn_frac)})
+
+
+def mined_with(mined: str) -> dict:
+    """``{"knn_k", "topn_frac"}`` the pairs of ``mined`` were mined with: from pairs/index.json,
+    else (an output of an earlier version) from the mining run's manifest.json."""
+    info = storage.read_json(storage.join(mined, PAIRS_DIR, INDEX_FILE)).get("mined")
+    if info is None:
+        manifest = storage.join(mined, "manifest.json")  # mining.manifest.MANIFEST
+        if not storage.exists(manifest):
+            raise ConfigError(f"pairs: {mined} does not say what K and N it was mined with "
+                              "(no pairs/index.json 'mined' entry, no manifest.json)")
+        info = storage.read_json(manifest)["config"]["mine"]
+    return {"knn_k": int(info["knn_k"]), "topn_frac": float(info["topn_frac"])}
 
 
 def open_pairs(mined: str) -> ShardIndex:

@@ -1,13 +1,16 @@
-"""Stage 1 and Stage 3 under Ray Train (``train.launcher=ray``).
+"""Where a stage's ranks come from: ``launch(cfg, run_fn)``, e.g. ``launch(cfg, stage1.run)``.
 
-Ray Train starts ``train.ray_workers`` workers on the Ray cluster, each with
+``train.launcher=direct``: ``run_fn(cfg)`` runs in this process, alone or as one of the
+processes torchrun starts (on one node or many; the rank comes from torchrun's variables).
+
+``train.launcher=ray``: Ray Train starts ``train.ray_workers`` workers on the Ray cluster, each with
 ``train.ray_cpus_per_worker`` CPUs (and ``train.ray_gpus_per_worker`` GPUs on a GPU run; every
 rank sees its node's GPUs, for NCCL peer-to-peer, as with Ray's TorchTrainer). The ranks join
 one torch process group (NCCL on GPUs, gloo on CPUs) whose rendezvous store listens on rank 0's
 node address only (torch's default store, which Ray's TorchTrainer uses, listens on every
-interface); each then runs the very same stage function as a torchrun rank would
-(:func:`orl_fast.stage1.run` / :func:`orl_fast.stage3.run`), which takes its rank from the group
-and shards the data by rank (the DALI loader too). Checkpoints are orl-fast's own, written by
+interface); each then runs the very same ``run_fn`` a torchrun rank would (it travels to the
+workers as a reference: this module imports no stage), which takes its rank from the group and
+shards the data by rank (the DALI loader too). Checkpoints are orl-fast's own, written by
 rank 0 to ``OUT``: when Ray restarts a failed worker group (``train.ray_max_failures``) the new
 group resumes from OUT's latest checkpoint like any rerun.
 
@@ -23,11 +26,15 @@ import ipaddress
 import os
 import socket
 import time
+from collections.abc import Callable
 
-from cluster.runtime import ray_session
-from orl_fast import checkpoint, storage
-from orl_fast.config import Config, ConfigError, from_dict
-from orl_fast.extras import require
+from orl_fast.core import checkpoint, storage
+from orl_fast.core.config import ConfigError, from_dict
+from orl_fast.core.defaults import Config
+from orl_fast.core.extras import require
+from orl_fast.core.ray_runtime import ray_session
+
+RunFn = Callable[[Config], str]
 
 STORE_TIMEOUT = datetime.timedelta(minutes=10)
 
@@ -70,6 +77,14 @@ def _join_group(use_gpu: bool) -> None:
               flush=True)
 
 
+def launch(cfg: Config, run_fn: RunFn) -> str:
+    """Run a stage with the ranks ``train.launcher`` names; returns OUT's last checkpoint."""
+    if cfg.train.launcher == "ray":
+        cfg.require("data", "out")
+        return ray_train(cfg, run_fn)
+    return run_fn(cfg)
+
+
 def _worker(loop_config: dict) -> None:
     """One rank: the stage's direct run inside the run's process group."""
     import torch
@@ -79,12 +94,8 @@ def _worker(loop_config: dict) -> None:
     cfg.train.launcher = "direct"
     torch.set_num_threads(cfg.train.ray_cpus_per_worker)
     _join_group(cfg.train.device == "cuda")
-    if loop_config["stage"] == "stage1":
-        from orl_fast import stage1 as stage
-    else:
-        from orl_fast import stage3 as stage
     try:
-        stage.run(cfg)
+        loop_config["run_fn"](cfg)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -123,8 +134,8 @@ def _absolute(cfg: Config) -> Config:
     return dataclasses.replace(cfg, **paths)
 
 
-def run(cfg: Config, stage: str) -> str:
-    """Train ``stage`` ("stage1" or "stage3") on Ray Train; returns OUT's last checkpoint."""
+def ray_train(cfg: Config, run_fn: RunFn) -> str:
+    """``run_fn`` on ``train.ray_workers`` Ray Train ranks; returns OUT's last checkpoint."""
     require("ray.train", "ray", "train.launcher=ray")
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
@@ -141,12 +152,12 @@ def run(cfg: Config, stage: str) -> str:
         trainer_cls, backend_config = _trainer_classes()
         trainer = trainer_cls(
             _worker,
-            train_loop_config={"config": worker_cfg.to_dict(), "stage": stage},
+            train_loop_config={"config": worker_cfg.to_dict(), "run_fn": run_fn},
             backend_config=backend_config(),
             scaling_config=ScalingConfig(num_workers=t.ray_workers, use_gpu=use_gpu,
                                          resources_per_worker=resources),
             run_config=RunConfig(
-                name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
+                name=f"{run_fn.__module__.rsplit('.', 1)[-1]}-{time.strftime('%Y%m%d-%H%M%S')}",
                 # Ray Train's own bookkeeping (no checkpoints: those are orl-fast's, in OUT).
                 storage_path=(storage.join(cfg.out, "ray-train") if storage.is_local(cfg.out)
                               else None),

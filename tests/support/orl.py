@@ -6,10 +6,11 @@ import numpy as np
 from PIL import Image
 
 from loaders.ingest import ingest
+from loaders.pairs import PairRecord
 from loaders.shards import ShardIndex
-from loaders.synthetic_pairs import random_records, write_pairs
-from mining.records import PairRecord
-from orl_fast.config import IngestConfig
+from orl_fast.core.defaults import IngestConfig
+
+from .synthetic_pairs import random_records, write_pairs
 
 TINY_ORL = ["orl.patch_size=16"]  # with conftest.TINY_OVERRIDES (crop 32)
 

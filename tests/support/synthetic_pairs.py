@@ -1,5 +1,5 @@
 """Random Stage 2 output (pair shards) for an image shard set: Stage 3 tests and benchmarks without
-running the mining stage. Records are plausible, not mined: boxes of random size and place,
+running the mining stage (test scaffolding, not shipped). Records are plausible, not mined: boxes of random size and place,
 neighbours drawn at random, pairs between random boxes.
 """
 
@@ -9,26 +9,19 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from loaders.shards import ShardIndex, idx_name, shard_summary, write_idx, write_index, write_shard
-from mining.records import EXT, PAIRS_DIR, PairRecord, pair_shard_name
-from orl_fast import storage
+from loaders.pairs import PAIRS_DIR, PairRecord, write_pair_shards
+from loaders.shards import ShardIndex
+from orl_fast.core import storage
 
 
-def write_pairs(mined: str, records: Iterable[PairRecord], shard_size: int = 1000) -> str:
-    """Write records (in increasing key order) as ``MINED/pairs`` shards + index; returns the dir."""
-    root = storage.join(mined, PAIRS_DIR)
-    storage.makedirs(root)
+def write_pairs(mined: str, records: Iterable[PairRecord], shard_size: int = 1000,
+                knn_k: int = 10, topn_frac: float = 0.1) -> str:
+    """Write records (in increasing key order) as ``MINED/pairs`` shards + index, as if mined with
+    ``knn_k`` and ``topn_frac``; returns the dir."""
     records = list(records)
-    summaries = []
-    for shard_id, start in enumerate(range(0, len(records), shard_size)):
-        name = pair_shard_name(shard_id)
-        chunk = records[start:start + shard_size]
-        rows = write_shard(storage.join(root, name),
-                           ((f"{r.key:09d}", r.encode(), None) for r in chunk), ext=EXT)
-        write_idx(storage.join(root, idx_name(name)), rows)
-        summaries.append(shard_summary(name, rows))
-    write_index(root, summaries)
-    return root
+    write_pair_shards(mined, ((shard_id, records[start:start + shard_size]) for shard_id, start
+                              in enumerate(range(0, len(records), shard_size))), knn_k, topn_frac)
+    return storage.join(mined, PAIRS_DIR)
 
 
 def random_box(rng: np.random.Generator, width: int, height: int, min_side: int) -> np.ndarray:

@@ -1,24 +1,24 @@
-"""Typed configuration: dataclasses, loaded from YAML, dotted overrides, validated at start-up.
+"""The configuration's sections, whose defaults are the paper's (ORL, NeurIPS 2021).
 
-The dataclass defaults are the paper's (ORL, NeurIPS 2021; see SPEC.md). Shipped configs live in
-``orl_fast/configs/*.yaml``; ``load_config("paper", ["train.batch_size=256"])`` resolves a shipped
-name or a path, applies overrides and validates. Every error names the field and what is allowed.
+Every default is written here once: the shipped config ``paper`` is these defaults as they are
+(:data:`orl_fast.core.config.PAPER`), ``small`` (``configs/small.yaml``) changes sizes only. The
+loading, overrides, coercion and checks live in :mod:`orl_fast.core.config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
+from orl_fast.core.config import (
+    ConfigError,
+    ConfigRoot,
+    _non_negative,
+    _ordered,
+    _positive,
+    _probability,
+    validate_sections,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,10 +26,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Backbone = Literal[
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2"
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range; the message names the field."""
 
 
 @dataclass
@@ -254,11 +250,11 @@ class MineConfig:
 
 @dataclass
 class ORLConfig:
-    """Stage 3: object-level pre-training (SPEC, Stage 3).
+    """Stage 3: object-level pre-training.
 
-    K and N (Table 5b) are ``mine.knn_k`` and ``mine.topn_frac``: Stage 3 draws the neighbour among
-    the first K mined neighbours and the pair among the top max(1, int(N x boxes)) mined pairs of
-    that neighbour, so one mining run with large K and N serves every smaller ablation.
+    K and N (Table 5b) are ``knn_k`` and ``topn_frac``: Stage 3 draws the neighbour among the first
+    K mined neighbours and the pair among the top max(1, int(N x boxes)) mined pairs of that
+    neighbour, so one mining run with large K and N serves every smaller ablation.
     """
 
     # lambda_1 (image), lambda_2 (intra-RoI), lambda_3 (inter-RoI). A 0 turns a term off, with its
@@ -283,6 +279,11 @@ class ORLConfig:
     # instances file (Table 5d; crowd boxes and boxes under mine.min_box_size are left out).
     boxes: Literal["mined", "gt"] = "mined"
     gt_instances: str = ""
+    # K and N (Table 5b): the neighbour is drawn among the first knn_k mined neighbours, the pair
+    # among the top max(1, int(topn_frac x boxes)) mined pairs of it; 0 = as mined (the mined
+    # output records its K and N), a smaller value an ablation from the same mining run.
+    knn_k: int = 0
+    topn_frac: float = 0.0
     # Data path: "dali" (GPU: mixed decoder; CPU device: DALI's CPU backend), "torch" (DataLoader
     # + torchvision), "auto" (DALI on a CUDA device when installed, else torch).
     loader: Literal["auto", "dali", "torch"] = "auto"
@@ -291,7 +292,9 @@ class ORLConfig:
 
     def validate(self, p: str) -> None:
         _positive(p, self, "patch_size", "jitter_tries")
-        _non_negative(p, self, "jitter_shift")
+        _non_negative(p, self, "jitter_shift", "knn_k")
+        if not 0 <= self.topn_frac <= 1:
+            raise ConfigError(f"{p}topn_frac: must be in [0, 1] (0: as mined), got {self.topn_frac}")
         _ordered(p, self, "jitter_area", lo=0.0)
         _ordered(p, self, "jitter_aspect", lo=0.0)
         _ordered(p, self, "random_scale", lo=0.0, hi=1.0)
@@ -465,14 +468,13 @@ class EvalConfig:
             raise ConfigError(f"{p}layers: expected distinct res4 / res5, got {self.layers}")
         if not 0 < self.holdout_frac < 1:
             raise ConfigError(f"{p}holdout_frac: must be in (0, 1), got {self.holdout_frac}")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate(f"{p}{f.name}.")
+        validate_sections(self, p)
 
 
 @dataclass
-class Config:
+class Config(ConfigRoot):
+    """The whole configuration: inputs and outputs of a step, then one section per part."""
+
     # Image shards (output of `orl-fast ingest`): local path or fsspec URL.
     data: str = ""
     # Output directory of the stage being run.
@@ -489,181 +491,3 @@ class Config:
     mine: MineConfig = field(default_factory=MineConfig)
     orl: ORLConfig = field(default_factory=ORLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def validate(self) -> Config:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate(f.name + ".")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def hash(self, *sections: str) -> str:
-        """A short stable hash of the named sections (all when none): what a stage's output depends on."""
-        d = self.to_dict()
-        if sections:
-            d = {s: d[s] for s in sections}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def shipped_configs() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("orl_fast.configs").iterdir()
-                  if p.name.endswith(".yaml"))
-
-
-def load_config(name_or_path: str | None = "paper", overrides: list[str] | None = None) -> Config:
-    """Shipped name (``paper``, ``small``) or YAML path, then ``a.b=value`` overrides, validated."""
-    data: dict[str, Any] = {}
-    if name_or_path:
-        data = _read_yaml(name_or_path)
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected FIELD=VALUE, e.g. train.batch_size=256")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    return from_dict(data).validate()
-
-
-def from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data, "")
-
-
-def _read_yaml(name_or_path: str) -> dict[str, Any]:
-    path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        if name_or_path not in shipped_configs():
-            raise ConfigError(
-                f"config {name_or_path!r}: not a file and not a shipped config "
-                f"(shipped: {', '.join(shipped_configs())})"
-            )
-        text = resources.files("orl_fast.configs").joinpath(name_or_path + ".yaml").read_text()
-    else:
-        if not path.exists():
-            raise ConfigError(f"config {name_or_path!r}: file not found")
-        text = path.read_text()
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {name_or_path!r}: top level must be a mapping")
-    return data
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key}: {part} is not a section")
-    node[parts[-1]] = value
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown field (allowed in {prefix.rstrip('.') or 'config'}: "
-            f"{', '.join(names)})"
-        )
-    kwargs = {}
-    for name in names:
-        if name not in data:
-            continue
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            kwargs[name] = _build(kind, data[name], f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(data[name], kind, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, kind: Any, path: str) -> Any:
-    origin = typing.get_origin(kind)
-    if origin is Literal:
-        allowed = typing.get_args(kind)
-        if value not in allowed:
-            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, allowed))}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(kind)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)} ({value!r})")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (types.UnionType, typing.Union):
-        raise TypeError(f"{path}: union types are not supported in the config")
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
-        return float(value)
-    if kind is str:
-        if value is None:
-            return ""
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"{path}: unsupported config type {kind}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-# ----------------------------------------------------------------------------- validators
-
-
-def _positive(p: str, obj: Any, *names: str) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if not v > 0:
-            raise ConfigError(f"{p}{name}: must be > 0, got {v}")
-
-
-def _non_negative(p: str, obj: Any, *names: str) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        if v < 0:
-            raise ConfigError(f"{p}{name}: must be >= 0, got {v}")
-
-
-def _probability(p: str, name: str, v: float) -> None:
-    if not 0 <= v <= 1:
-        raise ConfigError(f"{p}{name}: probabilities must be in [0, 1], got {v}")
-
-
-def _ordered(p: str, obj: Any, name: str, lo: float | None = None, hi: float | None = None) -> None:
-    a, b = getattr(obj, name)
-    if a > b or (lo is not None and a <= lo) or (hi is not None and b > hi):
-        bounds = (f"{lo} < " if lo is not None else "") + "low <= high" + (
-            f" <= {hi}" if hi is not None else "")
-        raise ConfigError(f"{p}{name}: expected (low, high) with {bounds}, got {(a, b)}")

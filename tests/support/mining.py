@@ -7,9 +7,9 @@ import os
 
 import torch
 
-from orl_fast import checkpoint
-from orl_fast.config import load_config
-from orl_fast.models import BYOL
+from orl_fast.core import checkpoint
+from orl_fast.core.config import load_config
+from orl_fast.core.models import BYOL
 
 # The tiny ResNet-18 of conftest.TINY_OVERRIDES, embedding 32 px crops; few boxes per image.
 MODEL = ["model.backbone=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",

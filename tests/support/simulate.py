@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from loaders.pairs import pair_shard_name
 from loaders.shards import INDEX_VERSION, shard_name, shard_summary
 from mining.manifest import FILES, Plan, make_plan
-from mining.records import pair_shard_name
 from mining.summary import SIM_EDGES, count_hist, sim_hist
-from orl_fast import storage
-from orl_fast.config import MineConfig
+from orl_fast.core import storage
+from orl_fast.core.defaults import MineConfig
 
 
 def synthetic_dataset(root: str, num_images: int, shard_size: int) -> str:

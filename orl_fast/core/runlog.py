@@ -9,7 +9,7 @@ import tempfile
 
 from torch.utils.tensorboard import SummaryWriter
 
-from orl_fast import storage
+from orl_fast.core import storage
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"

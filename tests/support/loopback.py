@@ -52,7 +52,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.runtime import free_port, require_dashboard, worker_pythonpath
+from orl_fast.core.ray_runtime import free_port, require_dashboard, worker_pythonpath
 
 MARKER = "ORL_LOOPBACK_RAY_NODE"
 LOOPBACK = "127.0.0.1"

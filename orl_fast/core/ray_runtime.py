@@ -23,7 +23,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from orl_fast.extras import MissingExtra, require
+from orl_fast.core.extras import MissingExtra, require
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")

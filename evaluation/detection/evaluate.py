@@ -1,0 +1,157 @@
+"""COCO evaluation of the detection transfer (pycocotools COCOeval on boxes and masks) and the
+transfer end to end: ``run`` fine-tunes from the checkpoint and from random initialisation,
+evaluates both and writes ``OUT/detection.json|md``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from evaluation import backbones, report
+from evaluation.detection.data import CocoInstances, DetectionData, coco_api, collate, load_data
+from evaluation.detection.schedule import schedule
+from evaluation.detection.train import train
+from orl_fast.core import storage
+from orl_fast.core.defaults import Config, DetectionConfig
+from orl_fast.core.distributed import Runtime, barrier, init_runtime
+from orl_fast.core.extras import require
+
+require("pycocotools", "eval", "the detection transfer (COCO masks and metrics)")
+from pycocotools import mask as mask_utils  # (after the check that names the extra)
+from pycocotools.cocoeval import COCOeval
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DetectionData, dc: DetectionConfig, rt: Runtime,
+            progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """COCO-format box and mask results for the validation images (this rank's share)."""
+    dataset = CocoInstances(data.val, data.val_root, dc.masks, train=False)
+    model.eval()
+    model.transform.min_size = (dc.min_size_test,)
+    boxes, masks = [], []
+    positions = list(range(rt.rank, len(dataset), rt.world_size))
+    loader = DataLoader(torch.utils.data.Subset(dataset, positions), batch_size=1,
+                        num_workers=0, collate_fn=collate)
+    for images, metas in loader:
+        out = model([im.to(rt.device) for im in images])
+        for o, meta in zip(out, metas):
+            xyxy = o["boxes"].float().cpu().numpy()
+            scores = o["scores"].float().cpu().numpy().tolist()
+            cats = [dataset.category_of[int(lab)] for lab in o["labels"].cpu()]
+            for (x0, y0, x1, y1), s, c in zip(xyxy.tolist(), scores, cats):
+                boxes.append({"image_id": meta["image_id"], "category_id": c, "score": s,
+                              "bbox": [x0, y0, x1 - x0, y1 - y0]})
+            if "masks" in o:
+                binary = (o["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+                for m, s, c in zip(binary, scores, cats):
+                    rle = mask_utils.encode(np.asfortranarray(m))
+                    rle["counts"] = rle["counts"].decode()
+                    masks.append({"image_id": meta["image_id"], "category_id": c, "score": s,
+                                  "segmentation": rle})
+    model.transform.min_size = tuple(dc.min_size_train)
+    return boxes, masks
+
+
+def coco_evaluate(gt: dict, results: list[dict], iou_type: str) -> dict:
+    """pycocotools COCOeval: AP, AP50, AP75, APs, APm, APl (percent). No detections: all 0."""
+    if not results:
+        return {k: 0.0 for k in METRICS} | {"detections": 0}
+    api = coco_api(gt)
+    with contextlib.redirect_stdout(io.StringIO()) as text:
+        dt = api.loadRes(results)
+        ev = COCOeval(api, dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {k: float(v) * 100 if v >= 0 else float("nan") for k, v in zip(METRICS, ev.stats)}
+    return stats | {"detections": len(results), "summary": text.getvalue().strip().splitlines()}
+
+
+def _gather(items: list, rt: Runtime) -> list:
+    if not rt.distributed:
+        return items
+    parts: list = [None] * rt.world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def run(cfg: Config, train_json: str, val_json: str | None, out: str,
+        train_images: str | None = None, val_images: str | None = None,
+        progress: bool = True) -> dict:
+    """Fine-tune from ``cfg.ckpt`` and from random initialisation, evaluate both on the
+    validation set; rank 0 writes ``OUT/detection.json|md``. Works under torchrun (DDP)."""
+    dc, ec = cfg.eval.detection, cfg.eval
+    rt = init_runtime(ec.device)
+    data = load_data(train_json, val_json, dc.masks, ec.holdout_frac, ec.seed, train_images,
+                     val_images)
+    results = {}
+    t0 = time.perf_counter()
+    for w in backbones.with_baseline(cfg.ckpt or backbones.RANDOM, cfg.model.backbone, ec.seed):
+        t_model = time.perf_counter()
+        run_dir = storage.join(out, w.name.replace(" ", "-"))
+        model = train(w, data, cfg, run_dir, rt, progress)
+        boxes, masks = (_gather(r, rt) for r in predict(model, data, dc, rt, progress))
+        if rt.is_main:
+            metrics = {"bbox": coco_evaluate(data.val, boxes, "bbox")}
+            if dc.masks:
+                metrics["segm"] = coco_evaluate(data.val, masks, "segm")
+            results[w.name] = {"weights": {"source": w.source, "arch": w.arch, "stage": w.stage,
+                                           "digest": w.digest},
+                               "run_dir": run_dir, "metrics": metrics,
+                               # what normalisation actually ran (e.g. SyncBatchNorm under DDP)
+                               "backbone_norm": type(model.backbone.body.bn1).__name__,
+                               "seconds": round(time.perf_counter() - t_model, 2)}
+            if progress:
+                print(f"[detection] {w.name}: APbb {report.fmt(metrics['bbox']['AP'])}"
+                      + (f", APmk {report.fmt(metrics['segm']['AP'])}" if dc.masks else ""))
+        barrier(rt)
+    if not rt.is_main:
+        return {}
+    sched = schedule(dc)
+    rep = {
+        "task": "detection",
+        "protocol": {
+            "task": "Mask R-CNN R50-FPN transfer" if dc.masks else "Faster R-CNN R50-FPN transfer",
+            "model": "torchvision Mask R-CNN, maskrcnn_resnet50_fpn_v2-style heads (FPN + BN, "
+                     "2-conv RPN head, 4conv1fc box head, 4-conv mask head), backbone from the "
+                     "weights, all layers trained",
+            "norm": dc.norm, "schedule": asdict(sched),
+            "stopped_at": min(sched.max_iter, dc.max_iter) if dc.max_iter else sched.max_iter,
+            "world_size": rt.world_size, "input": {"min_size_train": list(dc.min_size_train),
+                                                   "min_size_test": dc.min_size_test,
+                                                   "max_size": dc.max_size, "hflip": 0.5},
+            "precise_bn_iters": dc.precise_bn_iters if dc.norm == "sync" else 0,
+            "metric": "pycocotools COCOeval (bbox, segm): AP, AP50, AP75, APs, APm, APl",
+        },
+        "dataset": {"split": data.split, "train_images": len(data.train["images"]),
+                    "val_images": len(data.val["images"]), "classes": data.num_classes},
+        "results": results, "eval_config": cfg.to_dict()["eval"],
+        "environment": report.environment(), "seconds": round(time.perf_counter() - t0, 2),
+    }
+    rep["files"] = dict(zip(("json", "markdown"),
+                            report.write(out, "detection", rep, markdown(rep))))
+    return rep
+
+
+def markdown(rep: dict) -> str:
+    types = [t for t in ("bbox", "segm") if any(t in r["metrics"] for r in rep["results"].values())]
+    headers = ["weights"] + [f"{k}{'bb' if t == 'bbox' else 'mk'}" for t in types
+                             for k in ("AP", "AP50", "AP75")]
+    rows = [[name] + [report.fmt(r["metrics"][t][k]) for t in types for k in ("AP", "AP50", "AP75")]
+            for name, r in rep["results"].items()]
+    p = rep["protocol"]
+    return (f"# {p['task']}\n\n{rep['dataset']['split']}.\n\n"
+            f"{rep['dataset']['train_images']} training, {rep['dataset']['val_images']} validation "
+            f"images; {p['stopped_at']} of {p['schedule']['max_iter']} iterations at batch "
+            f"{p['schedule']['batch_size']}, norm {p['norm']}.\n\n"
+            + report.table(headers, rows))

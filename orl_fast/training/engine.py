@@ -1,0 +1,262 @@
+"""The training loop of every run: Stage 1 (BYOL), Stage 3 (ORL) and detection fine-tuning.
+
+One optimiser step, readable in one screen (:func:`fit`): set lr(step) -> forward under autocast
+-> backward -> SGD step -> EMA target update with tau(step) when the schedule has one -> log /
+checkpoint. Resuming, autocast, DDP, checkpoints and logs are done here once. Data order and
+augmentations are pure functions of (seed, step), so resuming from a checkpoint continues the very
+same run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from orl_fast.core import checkpoint, storage
+from orl_fast.core.defaults import Config, OptimConfig
+from orl_fast.core.distributed import Runtime, convert_sync_batchnorm, mean_across_ranks
+from orl_fast.core.runlog import RunLog
+from orl_fast.training.schedules import ema_tau, learning_rate
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
+    """SGD over trainable parameters; BN parameters and biases optionally without weight decay."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_norm = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
+                                          nn.LayerNorm))
+            (no_decay if cfg.exclude_bn_bias_from_wd and (is_norm or name == "bias")
+             else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum)
+
+
+class LoopSchedule(Protocol):
+    """What :func:`fit` asks of a schedule: its step counts, lr(step) and, for a run with an EMA
+    target, tau(step) (None: no target update)."""
+
+    total_steps: int   # the schedule's length (lr and tau span it)
+    stop_step: int     # where this run stops (<= total_steps)
+    steps_per_epoch: int  # a checkpoint at the end of every epoch (0: no epochs)
+
+    def lr(self, step: int) -> float: ...
+
+    def tau(self, step: int) -> float | None: ...
+
+
+class Schedule:
+    """Step counts and per-step lr / tau of a Stage 1 or Stage 3 run."""
+
+    def __init__(self, cfg: Config, num_images: int):
+        t = cfg.train
+        self.steps_per_epoch = num_images // t.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"train.batch_size={t.batch_size} is larger than the dataset "
+                             f"({num_images} images); lower it")
+        self.total_steps = t.epochs * self.steps_per_epoch
+        self.stop_step = min(self.total_steps, t.max_steps) if t.max_steps else self.total_steps
+        self.base_lr = cfg.optim.base_lr * t.batch_size / cfg.optim.lr_base_batch
+        self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self._optim = cfg.optim
+        self._tau_base = t.tau_base
+
+    def lr(self, step: int) -> float:
+        o = self._optim
+        return learning_rate(step, self.total_steps, self.base_lr, self.warmup_steps,
+                             o.warmup_start_factor, o.min_lr)
+
+    def tau(self, step: int) -> float:
+        return ema_tau(step, self.total_steps, self._tau_base)
+
+
+def train_step(train_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+               inputs: Any, lr: float, tau: float | None, autocast,
+               forward: Callable[[nn.Module, Any], tuple[torch.Tensor, dict]] | None = None
+               ) -> tuple[torch.Tensor, dict]:
+    """One optimiser step: lr -> forward (autocast) -> backward -> SGD -> EMA target update.
+
+    ``train_model`` is what runs the forward (DDP / compiled wrapper of ``model``);
+    ``forward(train_model, inputs)`` returns (loss, metrics) (default :func:`call`).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        loss, metrics = (forward or call)(train_model, inputs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if tau is not None:
+        model.update_target(tau)
+    return loss, metrics
+
+
+def autocast_for(precision: str, device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16,
+                          enabled=device.type == "cuda" and precision == "bf16")
+
+
+@dataclass
+class RunSpec:
+    """A run as the loop sees it, besides its model, optimiser, schedule and data."""
+
+    out: str              # checkpoints, metrics.jsonl (and tb/) go here; resumed from here
+    stage: str            # the checkpoints' "stage", the TensorBoard prefix, the progress label
+    config: Config        # saved in every checkpoint
+    batch_size: int       # global batch, for images/s
+    log_every: int
+    ckpt_every: int
+    keep_last: int
+    precision: str = "fp32"  # "bf16": autocast on CUDA
+    compile: bool = False
+    log_key: str = "step"    # the step's name in metrics.jsonl
+    tensorboard: bool = True
+    progress: bool = True
+    broadcast_buffers: bool = False  # DDP: SyncBN keeps buffers equal; True for other BNs
+    extra: dict = field(default_factory=dict)  # more entries of every checkpoint
+
+    @classmethod
+    def of_stage(cls, cfg: Config, stage: str) -> RunSpec:
+        t = cfg.train
+        return cls(cfg.out, stage, cfg, t.batch_size, t.log_every_steps, t.ckpt_every_steps,
+                   t.keep_last, t.precision, t.compile)
+
+
+def setup_model(cfg: Config, model: nn.Module, rt: Runtime) -> tuple[nn.Module, torch.optim.SGD]:
+    """A stage's model on the device (dtype of ``train.precision``, channels_last on CUDA, SyncBN
+    when distributed) and its optimiser."""
+    t = cfg.train
+    model.to(rt.device, dtype_of(t.precision))
+    if t.channels_last and rt.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if rt.distributed and cfg.model.sync_bn:
+        model = convert_sync_batchnorm(model, rt.device).to(rt.device)
+    return model, make_optimizer(model, cfg.optim)
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    """The parameters' dtype: fp64 for numerical verification, else fp32 (bf16 is autocast)."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
+def cast(inputs: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors of (nested tuples, lists, dicts of) model inputs in ``dtype``."""
+    if torch.is_tensor(inputs):
+        return inputs.to(dtype) if inputs.is_floating_point() else inputs
+    if isinstance(inputs, dict):
+        return {k: cast(v, dtype) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(cast(v, dtype) for v in inputs)
+    return inputs
+
+
+def call(model: nn.Module, inputs: Any) -> tuple[torch.Tensor, dict]:
+    """``model(**inputs)`` for a dict of named inputs, else ``model(*inputs)``."""
+    return model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, sched: LoopSchedule,
+        loader_fn: Callable[[int, int], Iterable[Any]],
+        prepare: Callable[[Any, torch.device], Any], rt: Runtime, run: RunSpec,
+        forward: Callable[[nn.Module, Any], tuple[torch.Tensor, dict]] = call,
+        on_start: Callable[[int], None] | None = None) -> str:
+    """Train ``model`` (placed on ``rt.device``) from ``run.out``'s checkpoint, if any.
+
+    ``loader_fn(start_step, stop_step)`` yields the batches of those steps for this rank,
+    ``prepare(batch, device)`` turns one into model inputs and ``forward(model, inputs)`` returns
+    (loss, metrics) (default: the model called with them). ``model.update_target(tau)`` runs after
+    every step whose ``sched.tau`` is not None. ``on_start(step)`` runs once the resume point is
+    known. Returns the path of the last checkpoint.
+    """
+    dtype = next(model.parameters()).dtype
+    step = 0
+    resumed = checkpoint.resolve(run.out) if storage.exists(checkpoint.ckpt_dir(run.out)) else None
+    if resumed:
+        state = checkpoint.load(resumed, map_location=rt.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"])
+        step = state["step"]
+        if rt.is_main and run.progress:
+            print(f"[{run.stage}] resumed from {resumed} at step {step}/{sched.stop_step}")
+    if on_start is not None:
+        on_start(step)
+
+    train_model = model
+    if rt.distributed:
+        train_model = DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            broadcast_buffers=run.broadcast_buffers)
+    if run.compile:
+        train_model = torch.compile(train_model)
+    autocast = autocast_for(run.precision, rt.device)
+
+    # Scalars go to OUT/metrics.jsonl and TensorBoard (OUT/tb) (staged and uploaded when OUT is
+    # remote: see RunLog).
+    log = RunLog(run.out, key=run.log_key, tb_prefix=run.stage if run.tensorboard else None,
+                 resumed_at=step, enabled=rt.is_main)
+    bar = tqdm(total=sched.stop_step, initial=step, desc=run.stage, unit="step",
+               disable=not (rt.is_main and run.progress), dynamic_ncols=True)
+    last_ckpt = resumed or ""
+
+    def save(at_step: int) -> str:
+        payload = {
+            "stage": run.stage, "step": at_step, "total_steps": sched.total_steps,
+            "config": run.config.to_dict(), "config_hash": run.config.hash(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": checkpoint.rng_state(), **run.extra,
+        }
+        if sched.steps_per_epoch:
+            payload["epoch"] = at_step / sched.steps_per_epoch
+        return checkpoint.save(run.out, at_step, payload, run.keep_last) if rt.is_main else ""
+
+    model.train()
+    try:
+        window_start, window_images, data_wait = time.perf_counter(), 0, 0.0
+        fetch_start = time.perf_counter()
+        for batch in loader_fn(step, sched.stop_step):
+            inputs = cast(prepare(batch, rt.device), dtype)
+            data_wait += time.perf_counter() - fetch_start
+            lr, tau = sched.lr(step), sched.tau(step)
+            loss, metrics = train_step(train_model, model, optimizer, inputs, lr, tau, autocast,
+                                       forward)
+            step += 1
+            window_images += run.batch_size
+            bar.update(1)
+
+            if step % run.log_every == 0 or step == sched.stop_step:
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"[{run.stage}] loss is {loss.item()} at step {step}")
+                scalars = {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+                scalars = mean_across_ranks(scalars, rt)
+                elapsed = time.perf_counter() - window_start
+                scalars.update(lr=lr, **({} if tau is None else {"tau": tau}),
+                               img_per_s=window_images / elapsed,
+                               data_wait_frac=data_wait / elapsed)
+                log.log(step, scalars)
+                if rt.is_main:
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}",
+                                    img_s=f"{scalars['img_per_s']:.0f}")
+                window_start, window_images, data_wait = time.perf_counter(), 0, 0.0
+
+            if (step % run.ckpt_every == 0 or step == sched.stop_step
+                    or (sched.steps_per_epoch and step % sched.steps_per_epoch == 0)):
+                last_ckpt = save(step) or last_ckpt
+                log.sync()  # a remote OUT gets the log up to this checkpoint
+            fetch_start = time.perf_counter()
+
+    finally:
+        bar.close()
+        log.close()
+    return last_ckpt

@@ -1,0 +1,106 @@
+"""What both stages do around the loop: seeds, the run's config file, the loader (DALI or torch)
+over the sample plans, and batches -> the model's named inputs.
+
+Stage 1 and Stage 3 share all of it: the same sample plans (:mod:`loaders.orl_samples`), rendered
+by the same loaders (:mod:`loaders.dali_loader` on the GPU, :mod:`loaders.orl_torch` on the
+CPU), into the same model (:class:`orl_fast.core.models.ORL`; Stage 1 with the image term only),
+trained by the same loop (:func:`orl_fast.training.engine.fit`).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from loaders.augment import normalize
+from loaders.dali_loader import DALIBatches, dali_available, import_dali
+from loaders.orl_samples import SampleBuilder
+from loaders.orl_torch import ORLDataset
+from loaders.sampling import StepBatchSampler
+from loaders.torch_loader import make_loader
+from orl_fast.core import storage
+from orl_fast.core.defaults import Config
+from orl_fast.core.distributed import Runtime
+from orl_fast.training.engine import RunSpec, Schedule, fit, setup_model
+
+# Which patches of a batch feed which loss term (the crops of loaders.orl_samples).
+TERM_CROPS = (("intra", 2), ("inter", 4))
+
+
+def seed_everything(cfg: Config) -> None:
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed % 2**32)
+    random.seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def write_run_config(cfg: Config, rt: Runtime) -> None:
+    if rt.is_main:
+        storage.makedirs(cfg.out)
+        storage.atomic_write(storage.join(cfg.out, "config.yaml"), cfg.to_yaml().encode())
+
+
+def choose_loader(cfg: Config, device: torch.device) -> str:
+    """The loader for ``orl.loader`` on ``device``: dali, or torch (auto: DALI on a CUDA device
+    when it is installed, else torch; dali without DALI installed raises, naming the extra)."""
+    if cfg.orl.loader == "dali":
+        import_dali()
+        return "dali"
+    if cfg.orl.loader == "auto" and device.type == "cuda" and dali_available():
+        return "dali"
+    return "torch"
+
+
+def make_loader_fn(cfg: Config, builder: SampleBuilder, rt: Runtime, kind: str):
+    """``loader_fn(start, stop)`` for :func:`fit`: this rank's batches of those steps."""
+    t = cfg.train
+
+    def loader_fn(start: int, stop: int):
+        sampler = StepBatchSampler(len(builder), t.batch_size, rt.rank, rt.world_size, t.seed,
+                                   start, stop)
+        if kind == "dali":
+            device_id = rt.device.index if rt.device.type == "cuda" else None
+            return DALIBatches(builder, sampler, device_id, num_threads=t.num_workers,
+                               py_workers=t.num_workers, prefetch=t.prefetch_factor)
+        return make_loader(ORLDataset(builder), sampler, t.num_workers,
+                           pin_memory=rt.device.type == "cuda", prefetch_factor=t.prefetch_factor)
+
+    return loader_fn
+
+
+def to_inputs(cfg: Config, crops: tuple[int, ...]):
+    """``prepare(batch, device)`` for :func:`fit`: a batch of uint8 ``(views [B, 2, ...],
+    patches [B, n, ...])`` -> ``{"v1", "v2", "intra": (p, p'), "inter": (p1, p2)}`` (the terms
+    the run trains), normalised on the device (channels_last on CUDA)."""
+    local = list(crops[2:])
+
+    def prepare(batch, device: torch.device) -> dict:
+        cl = cfg.train.channels_last and device.type == "cuda"
+
+        def frame(x: torch.Tensor, i: int) -> torch.Tensor:
+            return normalize(x[:, i].to(device, non_blocking=True), cfg.aug.mean, cfg.aug.std, cl)
+
+        inputs = {"v1": frame(batch[0], 0), "v2": frame(batch[0], 1)}
+        for term, first in TERM_CROPS:
+            if first in local:
+                i = local.index(first)
+                inputs[term] = (frame(batch[1], i), frame(batch[1], i + 1))
+        return inputs
+
+    return prepare
+
+
+def train(cfg: Config, model: nn.Module, builder: SampleBuilder, rt: Runtime, stage: str,
+          kind: str) -> str:
+    """Place ``model``, then :func:`fit` it on the plans of ``builder`` rendered by ``kind``."""
+    model, optimizer = setup_model(cfg, model, rt)
+    return fit(model, optimizer, Schedule(cfg, len(builder)),
+               make_loader_fn(cfg, builder, rt, kind), to_inputs(cfg, builder.crops), rt,
+               RunSpec.of_stage(cfg, stage))

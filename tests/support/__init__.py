@@ -1,0 +1,1 @@
+"""Test scaffolding: helpers, fixtures data, loopback clusters, simulated mining (not shipped)."""
