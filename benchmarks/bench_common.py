@@ -22,7 +22,7 @@ from orl_fast.core.defaults import IngestConfig
 from orl_fast.core.models import BYOL
 
 OUT = ROOT / "benchmarks" / "out"
-# ../shared/data beside the checkout, or ORL_FAST_SHARED_DATA (the GPU machine: a carried copy)
+# ../shared/data beside the checkout, or ORL_FAST_SHARED_DATA
 SHARED_DATA = Path(os.environ.get("ORL_FAST_SHARED_DATA", ROOT.parent / "shared" / "data"))
 COCO_MINI = SHARED_DATA / "coco-mini"
 

@@ -10,7 +10,7 @@ Measures, in one run:
    process) whose features must equal the batched ones, best of ``--rounds`` interleaved
    rounds (``--tasks ""`` measures only this).
 
-    flock /tmp/orl-bench.lock python benchmarks/eval_voc07.py --ckpt random --out /tmp/bench
+    python benchmarks/eval_voc07.py --ckpt random --out /tmp/bench
     python benchmarks/eval_voc07.py --ckpt runs/stage1 eval.device=cuda     # on a GPU machine
 
 Writes OUT/benchmark.json and the reports of each task (OUT/<task>.json|md).

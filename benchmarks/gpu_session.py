@@ -1,28 +1,17 @@
-"""Every GPU check the open issues ask for, as one prepared command for the GPU machine.
+"""Every GPU benchmark and the GPU tests as one command, most important first, within a budget.
 
-A session with the GPU machine has minutes of device time, installing the wheels included, so the
-checks run in one command, most important first, each under its own time cap; a check that does
-not fit in what is left of ``--budget`` is skipped and listed as such. Each check writes
-``NAME.log`` (its whole output) and ``NAME.json`` (its results) beside ``session.json`` (what
-ran, for how long, how it ended) in ``$OUT/gpu-session`` (``$OUT`` is the folder the ``run`` tool
-brings back), else in ``benchmarks/out/gpu-session``.
+Each check runs under its own time cap; a check that does not fit in what is left of
+``--budget`` is skipped and listed as such. Each check writes ``NAME.log`` (its whole output)
+and ``NAME.json`` (its results) beside ``session.json`` (what ran, for how long, how it ended)
+in ``$OUT/gpu-session`` when ``$OUT`` is set, else in ``benchmarks/out/gpu-session``::
 
-On the dev machine, once:
+    python benchmarks/gpu_session.py run --budget 420        # on a machine with a GPU
 
-    python benchmarks/gpu_session.py prepare     # wheels into .dw00 ... .dwNN, data into .gpudata
-
-then, with the device tool, the ``run`` calls it prints, back to back (the machine and its /tmp
-go back after ~30 s idle): ``mkdir -p /tmp/dw && cp .dwNN/* /tmp/dw/`` with
-``carry: [".dwNN"]`` for every folder but the last, and for the last one
-(``carry: [".dwNN", ".gpudata"]``)
-
-    mkdir -p /tmp/dw && cp .dwNN/* /tmp/dw/ && bash /tmp/dw/install-on-gpu.sh \\
-      && python3 benchmarks/gpu_session.py run --budget 420
-
-``run --rehearse`` runs the same checks in their CPU form (small sizes, no CUDA needed), to try
-the session's wiring on a machine without a GPU (with ``--site /tmp/site`` and a Python 3.12
-that has the GPU machine's packages, in that machine's software); ``--only`` picks checks by
-name.
+The checks read the small data sets from ``../shared/data`` (or ``ORL_FAST_SHARED_DATA``); for a
+machine that cannot see them, ``prepare`` copies the ones the checks need into
+``benchmarks/out/gpu-data``, which ``run`` then uses. ``--site DIR`` puts extra installed packages
+first on the checks' PYTHONPATH. ``run --rehearse`` runs the same checks in their CPU form (small
+sizes, no CUDA needed), to try the session's wiring anywhere; ``--only`` picks checks by name.
 """
 
 from __future__ import annotations
@@ -40,16 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".gpudata"       # the shared data sets the checks read, carried to the machine
-SITE = Path("/tmp/site")       # where ../shared/device/install-on-gpu.sh installs the wheels
+DATA = ROOT / "benchmarks" / "out" / "gpu-data"  # `prepare`: a copy of the data the checks read
 PY = sys.executable
-CARRY_MIB = 60                 # what one `run` carries, at most (64 MiB with the checkout)
 MIN_SECONDS = 60               # a check is not started with less time than this (or its cap) left
 
 
 @dataclass
 class Check:
-    """One command of the session: ``argv`` on the GPU machine, ``rehearsal`` on a CPU."""
+    """One command of the session: ``argv`` on a GPU, ``rehearsal`` on a CPU."""
 
     name: str
     issue: int
@@ -58,7 +45,7 @@ class Check:
     rehearsal: list[str] | None = None  # None: the same argv
     json_file: str | None = None      # what the command writes (``{out}`` in argv: the session
                                       # folder); None: the first JSON line of its output
-    needs: tuple[str, ...] = ()       # data folders under .gpudata
+    needs: tuple[str, ...] = ()       # data sets (folders of the shared data) it reads
 
 
 def bench(script: str, *args: str) -> list[str]:
@@ -175,7 +162,7 @@ def run_check(check: Check, argv: list[str], out: Path, timeout: float,
 
 
 def run_session(checks: list[Check], budget: float, out: Path, rehearse: bool,
-                site: Path | None = SITE) -> list[dict]:
+                site: Path | None = None) -> list[dict]:
     """Checks in order, each capped by its ``seconds`` and by what is left of ``budget``."""
     out.mkdir(parents=True, exist_ok=True)
     env = environment(site)
@@ -187,7 +174,7 @@ def run_session(checks: list[Check], budget: float, out: Path, rehearse: bool,
         argv = check.rehearsal if rehearse and check.rehearsal is not None else check.argv
         if missing:
             result = {"name": check.name, "status": "skipped",
-                      "reason": f"no data: {', '.join(missing)} (run `prepare`)"}
+                      "reason": f"no data: {', '.join(missing)} (see `prepare`)"}
         elif left < min(check.seconds, MIN_SECONDS):
             result = {"name": check.name, "status": "skipped",
                       "reason": f"{left:.0f} s of the budget left"}
@@ -226,24 +213,12 @@ def machine() -> dict:
 
 
 def prepare(voc: bool) -> None:
-    """Wheels for the GPU machine (.dwNN) and the data the checks read (.gpudata)."""
-    subprocess.run([str(ROOT.parent / "shared" / "device" / "pack-wheels.sh")], cwd=ROOT,
-                   check=True)
+    """Copy the data sets the checks read into DATA (for a machine without ../shared/data)."""
     shared = Path(os.environ.get("ORL_FAST_SHARED_DATA", ROOT.parent / "shared" / "data"))
     shutil.rmtree(DATA, ignore_errors=True)
     for name in ["coco-mini"] + ["voc07"] * voc:
         shutil.copytree(shared / name, DATA / name)
-    folders = sorted(p.name for p in ROOT.glob(".dw[0-9][0-9]"))
-    data, last = mib(DATA), mib(ROOT / folders[-1])
-    print(f"\n.gpudata: {data:.0f} MiB. With the device tool, back to back:")
-    for d in folders[:-1]:
-        print(f'  run  carry=["{d}"]  mkdir -p /tmp/dw && cp {d}/* /tmp/dw/')
-    last_carry = f'"{folders[-1]}", ".gpudata"'
-    if data + last > CARRY_MIB:  # the data goes alone (ignored paths stay while the machine does)
-        print('  run  carry=[".gpudata"]  du -sh .gpudata')
-        last_carry = f'"{folders[-1]}"'
-    print(f"  run  carry=[{last_carry}]  mkdir -p /tmp/dw && cp {folders[-1]}/* /tmp/dw/ && "
-          "bash /tmp/dw/install-on-gpu.sh && python3 benchmarks/gpu_session.py run --budget 420")
+    print(f"{DATA}: {mib(DATA):.0f} MiB; `run` reads the data from there")
 
 
 def mib(path: Path) -> float:
@@ -254,16 +229,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="pack the wheels and the data (dev machine)")
-    p.add_argument("--voc", action="store_true", help="also carry voc07 (eval_voc07)")
-    r = sub.add_parser("run", help="run the checks (GPU machine; --rehearse anywhere)")
+    p = sub.add_parser("prepare", help=f"copy the data the checks read into {DATA}")
+    p.add_argument("--voc", action="store_true", help="also voc07 (eval_voc07)")
+    r = sub.add_parser("run", help="run the checks (a GPU machine; --rehearse anywhere)")
     r.add_argument("--budget", type=float, default=420, help="seconds for all the checks")
     r.add_argument("--only", default="", help="comma-separated check names")
     r.add_argument("--rehearse", action="store_true", help="the CPU form of every check")
     r.add_argument("--out", help="default $OUT/gpu-session or benchmarks/out/gpu-session")
-    r.add_argument("--site", default=None,
-                   help=f"the installed wheels, first on PYTHONPATH when there (default: {SITE}, "
-                        "none with --rehearse; '' for none)")
+    r.add_argument("--site", default="",
+                   help="a folder of installed packages, first on PYTHONPATH (default: none)")
     sub.add_parser("machine", help="print what this machine is (JSON)")
     args = ap.parse_args()
     if args.command == "prepare":
@@ -279,8 +253,8 @@ def main() -> int:
     checks = [c for c in CHECKS if not names or c.name in names]
     base = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "benchmarks" / "out"
     out = Path(args.out) if args.out else base / "gpu-session"
-    site = args.site if args.site is not None else ("" if args.rehearse else str(SITE))
-    results = run_session(checks, args.budget, out, args.rehearse, Path(site) if site else None)
+    results = run_session(checks, args.budget, out, args.rehearse,
+                          Path(args.site) if args.site else None)
     print(json.dumps({r["name"]: r["status"] for r in results}))
     return 0 if all(r["status"] in ("passed", "skipped") for r in results) else 1
 

@@ -2,13 +2,13 @@
 
 (a) torch blocked mm + topk, exact, on the device, N = --n (118,287 = COCO train2017 on GPU);
 (b) faiss "Flat" (exact) on CPU for the same N: the baseline of the same run, ratio (b)/(a);
-(c) faiss with --faiss-index on CPU at N = --faiss-n (1M on the GPU machine's 16 cores): "Flat"
+(c) faiss with --faiss-index on CPU at N = --faiss-n (e.g. 1M on 16 cores): "Flat"
     (exact) by default, or an approximate index such as "IVF4000,Flat" with --nprobe; build and
     search timed, recall@10 against exact search on 1,000 sampled queries. (Random vectors have
     no cluster structure: the worst case for IVF recall.)
 
     python benchmarks/mining_knn.py                                     # here: small N
-    python benchmarks/mining_knn.py --n 118287 --faiss-n 1000000        # GPU machine
+    python benchmarks/mining_knn.py --n 118287 --faiss-n 1000000        # a GPU machine
 """
 
 from __future__ import annotations

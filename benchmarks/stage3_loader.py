@@ -17,7 +17,7 @@ host-side rates.
 Data: generated 640x480 scenes (COCO-sized JPEGs) ingested into shards, with random pair shards
 (``loaders.synthetic_pairs``); made once per --images count in --data and reused.
 
-    python benchmarks/stage3_loader.py --mode gpu --workers 8            # on the GPU machine
+    python benchmarks/stage3_loader.py --mode gpu --workers 8            # on a GPU machine
     python benchmarks/stage3_loader.py --mode cpu --workers 2 --batch 32  # anywhere
 """
 

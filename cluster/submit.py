@@ -33,7 +33,7 @@ from orl_fast.core.extras import require
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never uploaded with --working-dir (besides what the checkout's .gitignore excludes: Ray honours it).
 UPLOAD_EXCLUDES = [".git", "runs", "orl-fast-demo", "benchmarks/out", "*.egg-info", "__pycache__",
-                   ".dw*", ".whl", ".pytest_cache", ".ruff_cache", "build", "dist"]
+                   ".pytest_cache", ".ruff_cache", ".import_linter_cache", "build", "dist"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 

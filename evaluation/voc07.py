@@ -7,7 +7,7 @@ LinearSVC settings are those of ``train_svm_kfold.py``: squared hinge, L2 penalt
 ``class_weight={1: 2, -1: 1}``, intercept scaling 1, max_iter 2000; cross-validation is
 scikit-learn's ``cross_val_score(cv=folds, scoring="average_precision")`` (stratified, unshuffled).
 (The Goyal et al. code trains on difficult images as negatives; here they are ignored, as the
-SPEC asks.)
+VOC07 protocol of the paper's tables does.)
 """
 
 from __future__ import annotations

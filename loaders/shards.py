@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from webdataset import tariterators as wds_tar
 
 from orl_fast.core import storage
 
@@ -262,18 +263,14 @@ class ShardIndex:
 
 
 def iter_shard(url: str, ext: str = "jpg") -> Iterator[tuple[str, bytes, dict]]:
-    """Stream one shard in order: (key, data, metadata or {}); works on any fsspec URL."""
-    with storage.open_file(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        current, members = None, {}
-        for m in tar:
-            key, _, member_ext = m.name.partition(".")
-            if key != current and current is not None:
-                yield current, members[ext], json.loads(members.get("json", b"{}"))
-                members = {}
-            current = key
-            members[member_ext] = tar.extractfile(m).read()
-        if current is not None:
-            yield current, members[ext], json.loads(members.get("json", b"{}"))
+    """Stream one shard in order: (key, data, metadata or {}); works on any fsspec URL.
+
+    WebDataset's own tar iteration and grouping of members into samples, over a file of the
+    storage layer (one sequential read of the tar, local or on an object store)."""
+    with storage.open_file(url, "rb") as f:
+        members = ({**m, "__url__": url} for m in wds_tar.tar_file_iterator(f))
+        for sample in wds_tar.group_by_keys(members):
+            yield sample["__key__"], sample[ext], json.loads(sample.get("json", b"{}"))
 
 
 def list_shards(root: str, prefix: str = "shard-") -> list[str]:

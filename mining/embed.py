@@ -1,4 +1,4 @@
-"""a. Image embeddings: the Stage 1 online network's projector output, L2-normalised.
+"""Image kNN, part 1, the image embeddings: the Stage 1 online network's projector output, L2-normalised.
 
 Also the pieces the RoI embedding step shares: decoding (nvjpeg on GPU, Pillow on CPU, with a
 reader thread ahead of the model), crops (``torchvision.ops.roi_align`` with ``aligned=True`` and

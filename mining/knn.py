@@ -1,4 +1,4 @@
-"""b. Image-level nearest neighbours: K = 10 by cosine, the image itself excluded.
+"""Image kNN: image-level nearest neighbours, K = 10 by cosine, the image itself excluded.
 
 Two backends over the same L2-normalised float32 bank:
 

@@ -1,4 +1,4 @@
-"""c. RoI generation: selective search, then the ORL filter, inside the worker.
+"""Proposals (RoI generation): selective search, then the ORL filter, inside the worker.
 
 OpenCV contrib ``createSelectiveSearchSegmentation`` (fast mode by default) runs on the image
 resized so that its longer side is at most ``ss_max_side``; boxes are mapped back to original

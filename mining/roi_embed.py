@@ -1,4 +1,4 @@
-"""d. RoI embeddings: every kept box cropped, resized to ``roi_size`` and embedded once.
+"""RoI embedding: every kept box cropped, resized to ``roi_size`` and embedded once.
 
 The Stage 1 online backbone's pooled feature (2048-d on ResNet-50, as the official code) is
 L2-normalised and stored float16 in ``roi_embed/roi-{shard}.npy``, one row per kept box in the

@@ -1,4 +1,4 @@
-"""e. Top-ranked RoI pair retrieval: per (query, neighbour), the top N% of the query's RoIs.
+"""Top-ranked RoI pairs: per (query, neighbour), the top N% of the query's RoIs.
 
 For query image x and neighbour N_k the similarity matrix M_k = cos(RoIs(x), RoIs(N_k)) holds
 every (query box, neighbour box) pair; the ``max(1, int(topn_frac x boxes(x)))`` highest entries

@@ -50,7 +50,8 @@ def test_opencv_without_contrib_is_reported_as_such(monkeypatch):
 
 @pytest.mark.parametrize("module, blocked, extra", [
     ("evaluation.voc07", "sklearn", "eval"),
-    ("evaluation.detection", "pycocotools", "eval"),
+    ("evaluation.detection.data", "pycocotools", "eval"),
+    ("evaluation.detection.evaluate", "pycocotools", "eval"),
 ])
 def test_evaluations_name_the_eval_extra(module, blocked, extra):
     r = _without([blocked], f"import {module}")

@@ -1,4 +1,4 @@
-"""The GPU machine's one prepared command (benchmarks/gpu_session.py): caps, budget, results."""
+"""The GPU checks as one command (benchmarks/gpu_session.py): caps, budget, results."""
 
 from __future__ import annotations
 

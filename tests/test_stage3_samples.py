@@ -168,28 +168,40 @@ def _record(key, neighbors, slots, scores, boxes=10):
                       pair_neighbor_box=[[0, i, 10, 10] for i in range(n)], pair_score=scores)
 
 
-def test_k_and_n_from_the_config(scene_shards, tmp_path):
-    """K: the neighbour is among the first K; N: the pair among the top max(1, int(N x boxes))."""
+def test_k_and_n_from_the_mined_pairs(scene_shards, tmp_path):
+    """K: the neighbour is among the first K; N: the pair among the top max(1, int(N x boxes)).
+    Both are what the pairs were mined with (recorded with them), unless ``orl.knn_k`` /
+    ``orl.topn_frac`` ask for less; more than was mined is a ConfigError naming the field."""
     shards, _ = scene_shards
     keys = [ShardIndex(shards).key_at(i) for i in range(4)]
     records = [_record(keys[0], keys[1:4], [0, 0, 0, 1, 1, 2, 2, 2],
                        [0.1, 0.9, 0.5, 0.7, 0.2, 0.3, 0.8, 0.6], boxes=20)]
-    write_pairs(str(tmp_path), records)
 
-    def chosen(*overrides):
-        b = _builder(shards, str(tmp_path), *overrides)
+    def chosen(mined, *overrides):
+        b = _builder(shards, mined, *overrides)
         out = set()
         for epoch in range(300):
             plan = b.plan(epoch, 0)
             out.add((plan.neighbor, int(plan.boxes[4][0])))
         return out
 
-    # K=10 (>= 3 mined), N = 10% of 20 boxes = 2 pairs per neighbour: the two best of each
-    assert chosen() == {(keys[1], 1), (keys[1], 2), (keys[2], 3), (keys[2], 4),
-                        (keys[3], 6), (keys[3], 7)}
-    assert chosen("mine.knn_k=1", "mine.topn_frac=0.05") == {(keys[1], 1)}
-    assert {n for n, _ in chosen("mine.knn_k=2", "mine.topn_frac=1.0")} == {keys[1], keys[2]}
-    assert len(chosen("mine.topn_frac=1.0")) == 8
+    # Mined with K=10 (>= 3 neighbours), N=10%: N x 20 boxes = 2 pairs per neighbour, the best 2
+    k10 = str(tmp_path / "k10")
+    write_pairs(k10, records, knn_k=10, topn_frac=0.1)
+    assert chosen(k10) == {(keys[1], 1), (keys[1], 2), (keys[2], 3), (keys[2], 4),
+                           (keys[3], 6), (keys[3], 7)}
+    assert chosen(k10, "orl.knn_k=1", "orl.topn_frac=0.05") == {(keys[1], 1)}
+    # the mining section of the training config plays no part (it describes a mining run)
+    assert chosen(k10, "mine.knn_k=1", "mine.topn_frac=0.05") == chosen(k10)
+    # Mined with K=2, N=100%: all pairs of the first two neighbours
+    k2 = str(tmp_path / "k2")
+    write_pairs(k2, records, knn_k=2, topn_frac=1.0)
+    assert {n for n, _ in chosen(k2)} == {keys[1], keys[2]} and len(chosen(k2)) == 5
+    assert len(chosen(k2, "orl.knn_k=2", "orl.topn_frac=1.0")) == 5
+    with pytest.raises(ConfigError, match=r"^orl.knn_k: 3 is more than .* \(mine.knn_k=2\)"):
+        _builder(shards, k2, "orl.knn_k=3")
+    with pytest.raises(ConfigError, match=r"^orl.topn_frac: 0.5 is more than .* \(mine.topn_frac=0.1\)"):
+        _builder(shards, k10, "orl.topn_frac=0.5")
 
 
 def test_fallbacks_to_whole_image_boxes(scene_shards, tmp_path):

@@ -181,9 +181,9 @@ class IngestConfig:
 
 @dataclass
 class MineConfig:
-    """Stage 2: correspondence discovery (SPEC, Stage 2). Defaults: paper / official ORL."""
+    """Stage 2: correspondence discovery. Defaults: paper / official ORL."""
 
-    # a/b. Image embeddings (projector output of the Stage 1 online network) and kNN.
+    # Image kNN: image embeddings (projector output of the Stage 1 online network), neighbours.
     knn_k: int = 10
     knn_backend: Literal["torch", "faiss"] = "torch"
     # Query rows per block of the torch backend (mm + topk).
@@ -195,7 +195,7 @@ class MineConfig:
     # size x 256/224 then centre crop (official: Resize 256 + CenterCrop 224); resize: whole image.
     embed_size: int = 224
     embed_view: Literal["center_crop", "resize"] = "center_crop"
-    # c. Selective search (OpenCV contrib) on the image resized so its longer side is at most
+    # Proposals: selective search (OpenCV contrib) on the image resized so its longer side is at most
     # this (0: full size, as the official code).
     ss_mode: Literal["fast", "quality"] = "fast"
     ss_max_side: int = 0
@@ -205,9 +205,9 @@ class MineConfig:
     aspect_range: tuple[float, float] = (1 / 3, 3.0)
     max_iou: float = 0.5
     max_boxes: int = 100
-    # d. RoI crops resized to this square size for the backbone (2048-d pooled on ResNet-50).
+    # RoI embedding: RoI crops resized to this square size for the backbone (2048-d pooled on ResNet-50).
     roi_size: int = 224
-    # e. Top N% of the query's RoIs kept as pairs per (query, neighbour): int(frac x boxes), >= 1.
+    # Top-ranked RoI pairs: the top N% of the query's RoIs kept as pairs per (query, neighbour): int(frac x boxes), >= 1.
     topn_frac: float = 0.1
     # Model workers: bf16 autocast and channels_last apply on CUDA; CPU runs in fp32.
     device: Literal["auto", "cuda", "cpu"] = "auto"
@@ -267,7 +267,7 @@ class ORLConfig:
     jitter_aspect: tuple[float, float] = (0.5, 2.0)
     jitter_min_iou: float = 0.5
     jitter_tries: int = 200
-    # Both intra-RoI boxes are jittered (SPEC); false: p is the kept box itself and only p' is
+    # Both intra-RoI boxes are jittered (the paper); false: p is the kept box itself and only p' is
     # jittered (the official code).
     jitter_both: bool = True
     init: Literal["scratch", "stage1"] = "scratch"
@@ -429,7 +429,7 @@ class DetectionConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation (paper Section 4 and supplementary; SPEC, Evaluation)."""
+    """Evaluation (paper Section 4 and supplementary)."""
 
     # Frozen-backbone features: shorter side resized to ``resize``, centre crop ``crop``; pooled
     # res5 (and optionally res4) activations. "global": average pool (res5 2048-d for ResNet-50);

@@ -69,7 +69,7 @@ def png_48bit(width: int, height: int) -> bytes:
 
 def require_full_ray(*modules: str) -> None:
     """Skip, with the reason, where Ray is installed without what the `ray` extra adds
-    (ray[default]: the dashboard and job API; ray[train]), as on the GPU machine's minimal Ray."""
+    (ray[default]: the dashboard and job API; ray[train]), as with a minimal Ray install."""
     pytest.importorskip("ray", reason="needs the ray extra")
     from orl_fast.core.extras import MissingExtra, require
     from orl_fast.core.ray_runtime import require_dashboard
