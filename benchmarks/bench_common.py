@@ -14,6 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # test scaffolding: tests/support (not shipped)
 
 from loaders.ingest import ingest
 from orl_fast.core import checkpoint

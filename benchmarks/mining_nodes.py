@@ -1,6 +1,6 @@
 """Selective search images/s on one Ray node vs two, on this machine's loopback interface.
 
-A two-node cluster on 127.0.0.1 (``cluster.loopback``: each node its own raylet with --cpus CPUs
+A two-node cluster on 127.0.0.1 (``tests/support/loopback.py``: each node its own raylet with --cpus CPUs
 and a custom resource ``loopback_node_<i>``), and a driver joined to it. Whole proposal units
 (``mining.proposals.proposals_unit``: read the shard, decode, selective search in the worker's
 helper process, filter, write) run as ``orl-fast mine`` runs them: one core each, SPREAD over

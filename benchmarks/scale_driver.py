@@ -1,6 +1,6 @@
 """Driver memory and planning time of Stage 2 at 100k, 1M and 10M images (no pixels).
 
-For each size, synthetic shard metadata (``mining.simulate.synthetic_dataset``: the input
+For each size, synthetic shard metadata (``tests/support/simulate.py``, ``synthetic_dataset``: the input
 ``index.json`` of N images in shards of --shard-size) and a mining run whose units are mocked
 (``MockExecutor``: no selective search, no model; each unit writes an empty output and the
 record a real unit writes, with the shard range of K = 10 random neighbours per image). The
@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # test scaffolding: tests/support (not shipped)
 
 
 def _rss() -> int:

@@ -1,6 +1,6 @@
 """Stage 1 (BYOL) training images/s: synthetic in-memory batches vs the real shard loader.
 
-Both measurements use the same model, optimiser and training step (orl_fast.engine.train_step),
+Both measurements use the same model, optimiser and training step (orl_fast.training.engine.train_step),
 in the same run; the ratio says how much of the model's speed the data path keeps. A third,
 loader-only figure shows the loader's own ceiling.
 
@@ -28,14 +28,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench_common import COCO_MINI, cache_dir
 
-from loaders.augment import TwoViews
 from loaders.ingest import ingest
-from loaders.sampling import StepBatchSampler
-from loaders.torch_loader import ImageViewsDataset, make_loader
+from loaders.orl_samples import SampleBuilder
 from orl_fast.core.config import load_config
-from orl_fast.core.models import BYOL
+from orl_fast.core.distributed import init_runtime
+from orl_fast.core.models import IMAGE_ONLY, ORL
+from orl_fast.training import runs
 from orl_fast.training.engine import autocast_for, make_optimizer, train_step
-from orl_fast.training.stage1 import views_to_device
 
 
 def default_shards() -> str:
@@ -83,34 +82,34 @@ def main() -> None:
     steps = args.steps or (30 if gpu else 4)
     warmup = args.warmup or (10 if gpu else 2)
     workers = args.workers if args.workers is not None else (os.cpu_count() or 2)
-    cfg = load_config(args.config or ("paper" if gpu else "small"),
-                      [f"train.batch_size={batch}", f"train.num_workers={workers}",
-                       *args.overrides])
     shards = args.data or default_shards()
+    cfg = load_config(args.config or ("paper" if gpu else "small"),
+                      [f"data={shards}", f"train.batch_size={batch}",
+                       f"train.num_workers={workers}", f"train.device={device.type}",
+                       *args.overrides])
+    rt = init_runtime(cfg.train.device)
+    builder = SampleBuilder(cfg, IMAGE_ONLY)
+    kind = runs.choose_loader(cfg, device)  # orl.loader: auto = DALI on a GPU, else torch
 
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
-    model = BYOL(cfg.model).to(device)
+    model = ORL(cfg.model, IMAGE_ONLY).to(device)
     if gpu and cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     model.train()
     opt = make_optimizer(model, cfg.optim)
     autocast = autocast_for(cfg.train.precision, device)
-    prepare = views_to_device(cfg)
+    prepare = runs.to_inputs(cfg, builder.crops)
 
     def step(batch_views) -> int:
         train_step(model, model, opt, prepare(batch_views, device), 0.01, 0.99, autocast)
         return batch
 
     s = cfg.aug.crop_size
-    synthetic = tuple(torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, device=device)
-                      for _ in range(2))
-    dataset = ImageViewsDataset(shards, TwoViews(cfg.aug), seed=0)
+    synthetic = (torch.randint(0, 256, (batch, 2, 3, s, s), dtype=torch.uint8, device=device),)
 
     def loader():
-        sampler = StepBatchSampler(len(dataset), batch, 0, 1, 0, 0, warmup + steps)
-        return make_loader(dataset, sampler, workers, pin_memory=gpu,
-                           prefetch_factor=cfg.train.prefetch_factor)
+        return runs.make_loader_fn(cfg, builder, rt, kind)(0, warmup + steps)
 
     # Interleaved rounds, best of each: a burst of other load hits one round, not one mode.
     syn_ips = real_ips = loader_ips = 0.0
@@ -125,7 +124,7 @@ def main() -> None:
                    f"{os.cpu_count()} cores" + (f", {torch.cuda.get_device_name()}" if gpu else ""),
         "torch": torch.__version__, "device": device.type, "backbone": cfg.model.backbone,
         "crop": s, "batch": batch, "precision": cfg.train.precision if gpu else "fp32",
-        "workers": workers, "images": len(dataset), "rounds": args.rounds,
+        "workers": workers, "loader": kind, "images": len(builder), "rounds": args.rounds,
         "synthetic_img_s": round(syn_ips, 1), "loader_img_s": round(real_ips, 1),
         "loader_only_img_s": round(loader_ips, 1), "ratio_loader_vs_synthetic":
             round(real_ips / syn_ips, 3),
@@ -133,7 +132,7 @@ def main() -> None:
     print(json.dumps(result))
     print(f"\nStage 1 BYOL, {cfg.model.backbone} {s}px batch {batch} on {device.type}:")
     print(f"  synthetic in-memory batches : {syn_ips:9.1f} img/s  (ceiling)")
-    print(f"  real shard loader ({workers} workers): {real_ips:9.1f} img/s")
+    print(f"  real shard loader ({kind}, {workers} workers): {real_ips:9.1f} img/s")
     print(f"  loader alone                : {loader_ips:9.1f} img/s")
     print(f"  ratio loader / synthetic    : {real_ips / syn_ips:9.3f}")
 

@@ -1,7 +1,7 @@
 """Stage 3 loader benchmark: is the GPU ever waiting for ORL samples?
 
 GPU mode (the issue's goal: one H100, ResNet-50, bf16, batch 256; b/a >= 0.95 and b/c >= 3)
-prints ORL training images/s, measured by the trainer itself (``orl_fast.engine.fit``), with
+prints ORL training images/s, measured by the trainer itself (``orl_fast.training.engine.fit``), with
 
     (a) synthetic uint8 batches already on the GPU (the ceiling: no loading at all),
     (b) the DALI GPU loader (mixed decoder, GPU crops and augmentations),
@@ -15,7 +15,7 @@ CPU mode prints loader-only images/s of DALI's CPU backend and of the torch path
 host-side rates.
 
 Data: generated 640x480 scenes (COCO-sized JPEGs) ingested into shards, with random pair shards
-(``loaders.synthetic_pairs``); made once per --images count in --data and reused.
+(``tests/support/synthetic_pairs.py``); made once per --images count in --data and reused.
 
     python benchmarks/stage3_loader.py --mode gpu --workers 8            # on a GPU machine
     python benchmarks/stage3_loader.py --mode cpu --workers 2 --batch 32  # anywhere
@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test scaffolding
 
 from support.synthetic_pairs import random_records, write_pairs
 
@@ -48,8 +49,8 @@ from orl_fast.core.config import load_config
 from orl_fast.core.defaults import IngestConfig
 from orl_fast.core.distributed import init_runtime
 from orl_fast.core.models import ORL
-from orl_fast.training import stage3
-from orl_fast.training.engine import fit
+from orl_fast.training import runs
+from orl_fast.training.engine import RunSpec, Schedule, fit, setup_model
 
 
 def _scenes(args: tuple[str, int, int]) -> str:
@@ -90,8 +91,8 @@ def loader_only(cfg, kind: str, steps: int, warmup: int) -> float:
     """Images/s of a loader alone (batches brought to the device and normalised)."""
     rt = init_runtime(cfg.train.device)
     builder = SampleBuilder(cfg)
-    prepare = stage3.frames_to_device(cfg)
-    batches = stage3.make_loader_fn(cfg, builder, rt, kind)(0, warmup + steps)
+    prepare = runs.to_inputs(cfg, builder.crops)
+    batches = runs.make_loader_fn(cfg, builder, rt, kind)(0, warmup + steps)
     start = None
     for i, batch in enumerate(batches):
         inputs = prepare(batch, rt.device)
@@ -138,7 +139,7 @@ def train(cfg, kind: str, steps: int, warmup: int) -> dict:
     torch.backends.cudnn.benchmark = True
     builder = SampleBuilder(cfg)
     model = ORL(cfg.model, cfg.orl.loss_weights)
-    prepare = stage3.frames_to_device(cfg)
+    prepare = runs.to_inputs(cfg, builder.crops)
     if kind == "synthetic":
         s, p, b = cfg.aug.crop_size, cfg.orl.patch_size, cfg.train.batch_size
         gen = torch.Generator(rt.device).manual_seed(0)
@@ -150,10 +151,12 @@ def train(cfg, kind: str, steps: int, warmup: int) -> dict:
         def loader_fn(start, stop):
             return (fixed for _ in range(start, stop))
     else:
-        loader_fn = stage3.make_loader_fn(cfg, builder, rt, kind)
+        loader_fn = runs.make_loader_fn(cfg, builder, rt, kind)
     cfg.train.max_steps = warmup + steps
+    model, optimizer = setup_model(cfg, model, rt)
     # a schedule long enough that no epoch boundary (and its checkpoint) falls in the run
-    fit(cfg, model, 10**9, loader_fn, prepare, rt, f"bench-{kind}")
+    fit(model, optimizer, Schedule(cfg, 10**9), loader_fn, prepare, rt,
+        RunSpec.of_stage(cfg, f"bench-{kind}"))
     lines = [json.loads(x) for x in Path(cfg.out, "metrics.jsonl").read_text().splitlines()]
     windows = [m for m in lines if m["step"] > warmup]
     return {"img_per_s": statistics.median(m["img_per_s"] for m in windows),

@@ -12,7 +12,7 @@ difficult objects (ignored by training and AP), -1 absent. Layouts read:
   category it has an object of; images are found relative to the JSON's folder.
 
 Every root and file may be a local path or an fsspec URL (``s3://bucket/voc07``, ...): files are
-read through :mod:`orl_fast.storage`, and image paths are built under the same root.
+read through :mod:`orl_fast.core.storage`, and image paths are built under the same root.
 """
 
 from __future__ import annotations

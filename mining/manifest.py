@@ -18,7 +18,7 @@ Layout of ``MINED``::
     proposals/props-NNNNNN.npz    keys [n], size [n, 2] (w, h), counts [n], raw_counts [n],
                                   boxes [sum(counts), 4] int16/int32 xywh (kept boxes only)
     roi_embed/roi-NNNNNN.npy      [sum(counts), F] float16, L2-normalised pooled backbone features
-    pairs/pairs-NNNNNN.tar        {key}.pairs = mining.records.PairRecord, + .idx.npy, index.json
+    pairs/pairs-NNNNNN.tar        {key}.pairs = loaders.pairs.PairRecord, + .idx.npy, index.json
     summary.json                  counts and histograms (deterministic)
     units/<stage>/NNNNNN.<hash>.json  stats, seconds, where it ran (host, pid, Ray node)
 """

@@ -4,7 +4,7 @@ Fast tests check the files' structure and safety properties (GPU group, loopback
 token auth, credentials only through secretKeyRef, no literal secrets), that what the README
 names exists, and submit.py's pieces (token lookup, runtime env, entrypoint, the CLI, the
 follow loop against a fake job client). The slow tests submit real jobs to a Ray head started
-on 127.0.0.1 with its dashboard and token authentication (cluster/loopback.py).
+on 127.0.0.1 with its dashboard and token authentication (tests/support/loopback.py).
 """
 
 from __future__ import annotations
@@ -229,8 +229,10 @@ def test_readme_names_only_real_flags_and_fields():
     assert len(overrides) >= 6
     for override in overrides:
         load_config("paper", [override])  # ConfigError names a wrong field or value
-    for name in ("ray-cluster.yaml", "rayjob.yaml", "submit.py", "runtime.py"):
+    for name in ("ray-cluster.yaml", "rayjob.yaml", "submit.py"):
         assert (CLUSTER / name).is_file() and name in text
+    assert (REPO / "orl_fast" / "core" / "ray_runtime.py").is_file()
+    assert "orl_fast/core/ray_runtime.py" in text
 
 
 # --- submit.py: token, runtime env, entrypoint ------------------------------------------------

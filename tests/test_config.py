@@ -1,4 +1,5 @@
-"""The `paper` config equals SPEC.md; overrides; validation errors name the field."""
+"""The defaults are the official ORL values; `paper` is the defaults; overrides; validation errors
+name the field."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ from orl_fast.core.config import ConfigError, load_config, shipped_configs
 from orl_fast.core.defaults import Config
 
 
-def test_paper_config_equals_spec():
-    c = load_config("paper")
+def test_defaults_are_the_official_orl_values():
+    """The values of the ORL paper (Xie et al., NeurIPS 2021, Sec. 4 and the supplementary) and of
+    the official code, github.com/Jiahao000/ORL: configs/selfsup/orl/coco/stage1/r50_bs512_ep800.py
+    (network, BYOL augmentations, optimiser, schedule), .../stage2/
+    r50_bs512_ep800_generate_all_correspondence.py and selective_search_train2017.py (Stage 2),
+    .../stage3/r50_bs512_ep800.py (Stage 3)."""
+    c = Config()
     # Stage 1 network
     assert c.model.backbone == "resnet50"
     assert (c.model.proj_hidden_dim, c.model.proj_dim) == (4096, 256)
@@ -43,10 +49,14 @@ def test_paper_config_equals_spec():
     assert r.loss_weights == (1.0, 1.0, 1.0) and r.patch_size == 96
     assert r.jitter_shift == 0.5 and r.jitter_area == (0.5, 2.0) and r.jitter_aspect == (0.5, 2.0)
     assert r.jitter_min_iou == 0.5 and r.jitter_tries == 200 and r.init == "scratch"
+    # the method itself: mined boxes and pairs, K and N as mined (Stage 2's K=10, N=10% above)
+    assert r.patches == "mined" and r.boxes == "mined" and r.jitter_both is True
+    assert (r.knn_k, r.topn_frac) == (0, 0.0)
 
 
-def test_dataclass_defaults_are_the_paper():
+def test_paper_is_the_defaults():
     assert load_config("paper") == Config()
+    assert load_config("paper", ["train.epochs=3"]).train.epochs == 3
 
 
 def test_shipped_configs_load_and_small_is_small():

@@ -74,6 +74,10 @@ def test_classification_metrics_mean_and_top1():
 
 
 def test_eval_config_defaults_are_the_papers_protocol():
+    """The official values: the benchmark scripts shipped with the ORL code (github.com/Jiahao000/
+    ORL: benchmarks/svm_tools/eval_svm_full.sh, svm_helper.py, eval_svm_lowshot.sh), detectron2's
+    1x Mask R-CNN R50-FPN schedule (configs/Base-RCNN-FPN.yaml) as the paper's Table 4 uses, and
+    the paper's supplementary for the linear probe."""
     ec = Config().eval
     assert (ec.resize, ec.crop, ec.layers, ec.pooling) == (256, 224, ("res5",), "global")
     assert ec.svm.costs == ORL_SVM_COSTS and len(ec.svm.costs) == 19

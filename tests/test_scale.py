@@ -1,6 +1,6 @@
 """The Stage 2 driver, the shard index and the pair sampler hold O(shards) state, not O(images).
 
-The driver runs on synthetic shard metadata with mocked units (``mining.simulate``): the code
+The driver runs on synthetic shard metadata with mocked units (``support.simulate``): the code
 that plans, schedules, gates the pairs units and aggregates the records is the real one. Its
 peak allocations (tracemalloc: Python objects and numpy arrays) must not grow with the number
 of images per shard, and stay under a stated bound at 100k images.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,10 +16,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from support.common import TINY_OVERRIDES, orl_fast_cmd, subprocess_env
 
+from loaders.dali_loader import ORLSource
+from loaders.orl_samples import SampleBuilder
+from loaders.orl_torch import ORLDataset
+from loaders.sampling import StepBatchSampler
+from loaders.shards import ShardIndex
 from orl_fast.core import checkpoint
-from orl_fast.core.distributed import CrossRankBatchNorm, convert_sync_batchnorm
+from orl_fast.core.distributed import CrossRankBatchNorm, convert_sync_batchnorm, init_runtime
+from orl_fast.core.models import IMAGE_ONLY
 from orl_fast.core.ray_runtime import free_port
-from orl_fast.training import stage1
+from orl_fast.training import runs, stage1
 
 
 def metrics(run) -> list[dict]:
@@ -155,3 +163,62 @@ def test_cross_rank_batchnorm_equals_batchnorm_on_the_whole_batch():
     assert torch.allclose(wg0 + wg1, bn.weight.grad, rtol=1e-4, atol=1e-3)
     assert torch.allclose(rm0, bn.running_mean, atol=1e-6)
     assert torch.allclose(rv0, bn.running_var, atol=1e-5)
+
+
+def test_stage1_is_the_stage3_path_without_patches(coco_shards, tiny_config, tmp_path):
+    """Stage 1 plans the two global views only (no pairs read), DALI's CPU backend feeds the very
+    same run as the torch loader (within uint8 rounding; hue off: DALI's hue shift approximates
+    torchvision's), and the model's keys are BYOL's."""
+    cfg = tiny_config(f"data={coco_shards}", f"out={tmp_path}", "orl.loader=dali",
+                      "train.max_steps=2", "aug.color_jitter=[0.4,0.4,0.2,0]")
+    assert stage1.run(cfg).endswith("ckpt-00000002.pt")
+    assert [m["step"] for m in metrics(tmp_path)] == [1, 2]
+    state = checkpoint.load(str(tmp_path))
+    assert state["stage"] == "stage1"
+    assert {k.split(".")[0] for k in state["model"]} == {"online", "predictor", "target"}
+    builder = SampleBuilder(cfg, IMAGE_ONLY)
+    assert builder.crops == (0, 1) and builder.pairs is None
+    rt = init_runtime("cpu")
+    prepare = runs.to_inputs(cfg, builder.crops)
+    (dali,) = list(runs.make_loader_fn(cfg, builder, rt, "dali")(3, 4))
+    (tv,) = list(runs.make_loader_fn(cfg, builder, rt, "torch")(3, 4))
+    a, b = prepare(dali, rt.device), prepare(tv, rt.device)
+    assert list(a) == list(b) == ["v1", "v2"]
+    for k in a:
+        assert a[k].shape == b[k].shape == (8, 3, 32, 32)
+        assert (a[k] - b[k]).abs().mean() < 0.035  # 2 levels of 255 after / std
+
+
+def _corrupt(shards: str, out, position: int) -> str:
+    """A copy of ``shards`` whose image at ``position`` has garbage for its first bytes."""
+    shutil.copytree(shards, out)
+    index = ShardIndex(str(out))
+    shard_id, row = index.position(position)
+    with open(out / index.shard_names[shard_id], "r+b") as f:
+        f.seek(int(row["offset"]))
+        f.write(b"not a jpeg" * 4)
+    return str(out)
+
+
+def test_decode_failures_are_replaced_counted_and_logged(coco_shards, tiny_config, tmp_path,
+                                                         caplog):
+    """One policy for both stages and both loaders: a sample whose image does not decode is
+    the next position's sample, logged and counted; too many in a row stop with a clear error."""
+    shards = _corrupt(coco_shards, tmp_path / "bad", 5)
+    cfg = tiny_config(f"data={shards}", f"out={tmp_path / 'run'}")
+    builder = SampleBuilder(cfg, IMAGE_ONLY)
+    ds = ORLDataset(builder)
+    with caplog.at_level(logging.WARNING, logger="loaders.orl_samples"):
+        bad = ds[(0, 5)]
+    assert all(torch.equal(x, y) for x, y in zip(bad, ds[(0, 6)]))
+    assert builder.failures == 1 and "does not decode, replaced by the next position" in caplog.text
+    # the DALI path checks the bytes it hands to the decoder under the same policy
+    source = ORLSource(builder, StepBatchSampler(len(builder), 8, 0, 1, 0, 0, 1), False)
+    plan, arrays = builder.sample(0, 5, source.arrays)
+    assert plan.key == builder.plan(0, 6).key
+    assert builder.failures == 2 and arrays["jpeg"].tobytes() == builder.images.data(plan.key)
+    with pytest.raises(RuntimeError, match="16 samples in a row from position 3 .* do not decode"):
+        builder.sample(0, 3, lambda plan: 1 / 0)
+    # a run over the broken image trains (the failure is replaced, not fatal)
+    assert stage1.run(tiny_config(f"data={shards}", f"out={tmp_path / 'run'}",
+                                  "train.max_steps=2")).endswith("ckpt-00000002.pt")

@@ -3,7 +3,7 @@
 ``OUT/checkpoints/ckpt-00001234.pt`` holds::
 
     format, stage, step, epoch, total_steps, config (plain dict), config_hash,
-    model (state dict: see orl_fast.models), optimizer, rng (torch / cuda / numpy / python)
+    model (state dict: see orl_fast.core.models), optimizer, rng (torch / cuda / numpy / python)
 
 ``OUT/checkpoints/latest.json`` names the newest one; it is written after the checkpoint itself,
 so it never points at a partial file. Any path that takes a checkpoint accepts the file, the run

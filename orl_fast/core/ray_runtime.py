@@ -10,7 +10,7 @@ their PYTHONPATH).
 
 An ``address`` ("auto", "host:port", "ray://...") joins a running cluster whose nodes have
 orl-fast installed (a 127.0.0.1 / localhost address: a loopback-only cluster on this machine,
-see :mod:`cluster.loopback`, which this driver then joins on the loopback interface too). Without
+e.g. the test scaffolding's ``tests/support/loopback.py``, which this driver then joins on the loopback interface too). Without
 it, ``RAY_ADDRESS`` is honoured as Ray does: a Ray job (``orl-fast submit -- orl-fast mine ...``)
 runs on its own cluster.
 """

@@ -1,4 +1,5 @@
-"""A multi-node Ray cluster on this machine's loopback interface (tests, benchmarks, trying).
+"""A multi-node Ray cluster on this machine's loopback interface (tests, benchmarks, trying;
+test scaffolding, not shipped).
 
 Real ``ray start --block`` processes on 127.0.0.1, one per node, each its own raylet with its own
 CPUs (and custom resources), in its own session (``start_new_session``) and with a short private
@@ -14,7 +15,7 @@ those processes again::
 
 or from a shell (prints the address, stops the nodes on Ctrl-C)::
 
-    python -m cluster.loopback --nodes 2 --cpus 1
+    cd tests && python -m support.loopback --nodes 2 --cpus 1
 
 Every Ray server binds the loopback interface only: nodes run with
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (Ray's single-machine mode, in which it takes the node IP
@@ -397,7 +398,7 @@ def process_name(pid: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m cluster.loopback``: start a head and N - 1 nodes, print the address, wait."""
+    """``python -m support.loopback`` (from tests/): start a head and N - 1 nodes, print the address, wait."""
     import argparse
 
     ap = argparse.ArgumentParser(description="a Ray cluster of N nodes on 127.0.0.1")
