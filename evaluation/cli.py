@@ -53,7 +53,7 @@ def cmd_classification(args: argparse.Namespace) -> int:
 
 
 def cmd_detection(args: argparse.Namespace) -> int:
-    from evaluation import detection
+    from evaluation.detection import evaluate as detection
 
     cfg = _config(args)
     rep = detection.run(cfg, args.train_json, args.val_json, args.out, args.train_images,
@@ -68,8 +68,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from evaluation import backbones, export
 
     cfg = _config(args)
-    if not cfg.ckpt:
-        raise ConfigError("ckpt: required (--ckpt PATH, or random)")
+    cfg.require("ckpt")  # --ckpt PATH, or random
     w = backbones.resolve(cfg.ckpt, cfg.model.backbone, cfg.eval.seed)
     files = export.export(w, args.format, args.out, cfg.eval.detection)
     print(json.dumps({"format": args.format, "arch": w.arch, "source": w.source,

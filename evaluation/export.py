@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from evaluation.backbones import Weights
-from evaluation.detection import schedule
+from evaluation.detection.schedule import schedule
 from orl_fast.core import storage
 from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD, DetectionConfig
 

@@ -15,7 +15,11 @@ from support.common import subprocess_env
 from support.evaluation import TINY_DETECTION, make_checkpoint, pennfudan_subsets
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from evaluation import backbones, detection
+from evaluation import backbones
+from evaluation.detection import data as det_data
+from evaluation.detection import evaluate as det_eval
+from evaluation.detection import model as det_model
+from evaluation.detection import schedule as det_schedule
 from orl_fast.core.config import load_config
 from orl_fast.core.defaults import DetectionConfig
 
@@ -26,38 +30,38 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_schedule_is_detectron2_1x_scaled():
-    s = detection.schedule(DetectionConfig())
+    s = det_schedule.schedule(DetectionConfig())
     assert (s.batch_size, s.max_iter, s.steps, s.base_lr, s.warmup_iters) == (
         16, 90000, (60000, 80000), 0.02, 1000)
     assert s.lr(0) == pytest.approx(0.02 * 0.001)
     assert s.lr(500) == pytest.approx(0.02 * (0.001 * 0.5 + 0.5))
     assert s.lr(1000) == pytest.approx(0.02)
     assert s.lr(60000) == pytest.approx(0.002) and s.lr(80000) == pytest.approx(0.0002)
-    s2 = detection.schedule(DetectionConfig(schedule=2.0))
+    s2 = det_schedule.schedule(DetectionConfig(schedule=2.0))
     assert (s2.max_iter, s2.steps, s2.warmup_iters) == (180000, (120000, 160000), 1000)
     # Batch 8: half the lr, twice the iterations (detectron2's linear scaling rule).
-    s8 = detection.schedule(DetectionConfig(batch_size=8))
+    s8 = det_schedule.schedule(DetectionConfig(batch_size=8))
     assert (s8.max_iter, s8.steps, s8.base_lr, s8.warmup_iters) == (
         180000, (120000, 160000), 0.01, 2000)
-    short = detection.schedule(DetectionConfig(schedule=0.01))
+    short = det_schedule.schedule(DetectionConfig(schedule=0.01))
     assert (short.max_iter, short.steps, short.warmup_iters) == (900, (600, 800), 10)
 
 
 def test_model_backbone_comes_from_the_checkpoint(tiny_ckpt):
     _, state = tiny_ckpt
     w = backbones.load(tiny_ckpt[0])
-    model = detection.build_model(w, num_classes=1, dc=DetectionConfig())
+    model = det_model.build_model(w, num_classes=1, dc=DetectionConfig())
     body = model.backbone.body
     assert torch.equal(body.conv1.weight, state["online.backbone.conv1.weight"])
     assert torch.equal(body.layer3[1].conv2.weight, state["online.backbone.layer3.1.conv2.weight"])
     assert isinstance(body.bn1, torch.nn.BatchNorm2d)
     assert all(p.requires_grad for p in model.parameters())  # all layers trained
     assert model.roi_heads.box_predictor.cls_score.out_features == 2  # + background
-    frozen = detection.build_model(w, 1, DetectionConfig(norm="frozen")).backbone.body
+    frozen = det_model.build_model(w, 1, DetectionConfig(norm="frozen")).backbone.body
     assert isinstance(frozen.bn1, FrozenBatchNorm2d)
     assert torch.equal(frozen.layer1[0].bn1.running_mean,
                        state["online.backbone.layer1.0.bn1.running_mean"])
-    boxes_only = detection.build_model(w, 3, DetectionConfig(masks=False))
+    boxes_only = det_model.build_model(w, 3, DetectionConfig(masks=False))
     assert boxes_only.roi_heads.mask_head is None
 
 
@@ -68,14 +72,14 @@ def test_image_selection_for_masks_and_training():
                 {"id": 2, "image_id": 2, "segmentation": [], "iscrowd": 0},
                 {"id": 3, "image_id": 3, "segmentation": {"counts": [1], "size": [1, 1]},
                  "iscrowd": 1}]}
-    assert detection.select_images(coco, masks=True, train=True) == [1]
-    assert detection.select_images(coco, masks=True, train=False) == [1, 3, 4]
-    assert detection.select_images(coco, masks=False, train=True) == [1, 2]
-    assert detection.select_images(coco, masks=False, train=False) == [1, 2, 3, 4]
+    assert det_data.select_images(coco, masks=True, train=True) == [1]
+    assert det_data.select_images(coco, masks=True, train=False) == [1, 3, 4]
+    assert det_data.select_images(coco, masks=False, train=True) == [1, 2]
+    assert det_data.select_images(coco, masks=False, train=False) == [1, 2, 3, 4]
 
 
 def test_heldout_split_of_one_annotation_file(shared_data):
-    data = detection.load_data(str(shared_data / "pennfudan" / "instances.json"), None,
+    data = det_data.load_data(str(shared_data / "pennfudan" / "instances.json"), None,
                                masks=True, holdout_frac=0.5, seed=0)
     assert len(data.train["images"]) == len(data.val["images"]) == 60
     assert not ({im["id"] for im in data.train["images"]}
@@ -88,7 +92,7 @@ def test_two_iterations_on_pennfudan_give_losses_and_coco_ap(shared_data, tiny_c
     train_json, val_json = pennfudan_subsets(root, str(tmp_path), n_train=4, n_val=3)
     cfg = load_config("paper", [f"ckpt={tiny_ckpt[0]}", *TINY_DETECTION])
     out = tmp_path / "det"
-    rep = detection.run(cfg, train_json, val_json, str(out), root, root, progress=False)
+    rep = det_eval.run(cfg, train_json, val_json, str(out), root, root, progress=False)
 
     assert list(rep["results"]) == ["checkpoint", "random init"]
     assert rep["protocol"]["stopped_at"] == 2 and rep["protocol"]["norm"] == "sync"
@@ -111,7 +115,7 @@ def test_two_iterations_on_pennfudan_give_losses_and_coco_ap(shared_data, tiny_c
     assert "| checkpoint |" in md and "APmk" in md
 
     # A rerun resumes from the finished checkpoints: no training, the same numbers.
-    again = detection.run(cfg, train_json, val_json, str(out), root, root, progress=False)
+    again = det_eval.run(cfg, train_json, val_json, str(out), root, root, progress=False)
     for name, res in again["results"].items():
         assert len(Path(res["run_dir"], "metrics.jsonl").read_text().splitlines()) == 2
         assert res["metrics"]["bbox"]["AP"] == rep["results"][name]["metrics"]["bbox"]["AP"]

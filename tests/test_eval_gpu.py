@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from support.evaluation import TINY_DETECTION, make_checkpoint, pennfudan_subsets
 
-from evaluation import backbones, datasets, detection
+from evaluation import backbones, datasets
+from evaluation.detection import evaluate as det_eval
 from evaluation.features import extract
 from orl_fast.core.config import load_config
 
@@ -42,7 +43,7 @@ def test_detection_iterations_on_cuda_in_bf16(shared_data, tmp_path):
     overrides = [o for o in TINY_DETECTION if o != "eval.device=cpu"]
     cfg = load_config("paper", [f"ckpt={ckpt}", *overrides, "eval.device=cuda",
                                 "eval.precision=bf16"])
-    rep = detection.run(cfg, train_json, val_json, str(tmp_path / "det"), root, root,
+    rep = det_eval.run(cfg, train_json, val_json, str(tmp_path / "det"), root, root,
                         progress=False)
     for res in rep["results"].values():
         assert 0 <= res["metrics"]["bbox"]["AP"] <= 100

@@ -21,7 +21,8 @@ import yaml
 from support.common import orl_fast_cmd, subprocess_env
 from support.evaluation import TINY_DETECTION, make_checkpoint, pennfudan_subsets
 
-from evaluation import attention, backbones, classification, datasets, detection, export
+from evaluation import attention, backbones, classification, datasets, export
+from evaluation.detection import evaluate as det_eval
 from orl_fast.core import checkpoint, storage
 from orl_fast.core.config import load_config
 from orl_fast.core.runlog import RunLog
@@ -373,11 +374,11 @@ def test_detection_with_data_and_runs_on_s3_equals_local(shared_data, site, s3_s
     # The detector heads are initialised from eval.seed: both runs start from the same weights.
     cfg_local = load_config("paper", [f"ckpt={local}/run", *TINY_DETECTION])
     torch.manual_seed(123)  # the global RNG state does not matter
-    a = detection.run(cfg_local, train_json, val_json, str(tmp_path / "det"), root, root,
+    a = det_eval.run(cfg_local, train_json, val_json, str(tmp_path / "det"), root, root,
                       progress=False)
     cfg_remote = load_config("paper", [f"ckpt={remote}/run", *TINY_DETECTION])
     out = f"{bucket}/det"
-    b = detection.run(cfg_remote, f"{bucket}/pennfudan/train.json",
+    b = det_eval.run(cfg_remote, f"{bucket}/pennfudan/train.json",
                       f"{bucket}/pennfudan/val.json", out, progress=False)
     assert b["files"]["json"] == f"{out}/detection.json"
     assert storage.read_json(f"{out}/detection.json")["dataset"]["train_images"] == 4
@@ -396,7 +397,7 @@ def test_detection_with_data_and_runs_on_s3_equals_local(shared_data, site, s3_s
                 assert mb[k] == pytest.approx(ma[k], abs=1e-6), (name, iou_type, k)
     assert "| checkpoint |" in read_text(f"{out}/detection.md")
     # A rerun resumes from the checkpoints on S3: no training, nothing logged twice.
-    again = detection.run(cfg_remote, f"{bucket}/pennfudan/train.json",
+    again = det_eval.run(cfg_remote, f"{bucket}/pennfudan/train.json",
                           f"{bucket}/pennfudan/val.json", out, progress=False)
     for name, res in again["results"].items():
         assert len(jsonl(f"{res['run_dir']}/metrics.jsonl")) == 2

@@ -28,7 +28,7 @@ PAPER = "paper"
 CONFIGS = "orl_fast.core.configs"
 # What a step's path fields hold, for the message of a missing one.
 PATH_FIELDS = {"data": "the image shards of `orl-fast ingest`", "out": "the output directory",
-               "ckpt": "a checkpoint or run directory", "pairs": "the Stage 2 output directory"}
+               "ckpt": "a checkpoint or run directory, or random", "pairs": "the Stage 2 output directory"}
 
 
 class ConfigError(ValueError):

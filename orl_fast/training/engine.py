@@ -238,7 +238,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, sched: LoopSchedule,
             if step % run.log_every == 0 or step == sched.stop_step:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"[{run.stage}] loss is {loss.item()} at step {step}")
-                scalars = {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+                scalars = {"loss": loss.item(), **{k: float(v.detach() if torch.is_tensor(v) else v)
+                                                   for k, v in metrics.items()}}
                 scalars = mean_across_ranks(scalars, rt)
                 elapsed = time.perf_counter() - window_start
                 scalars.update(lr=lr, **({} if tau is None else {"tau": tau}),
