@@ -32,15 +32,14 @@ levels on average at the paper's hue 0.1).
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
 from loaders.augment import blur_kernel_size
+from loaders.images import image_size
 from loaders.orl_samples import SampleBuilder, SamplePlan
 from loaders.sampling import StepBatchSampler
 from orl_fast.core.extras import require
@@ -95,10 +94,9 @@ class ORLSource:
         """The bytes of ``key`` as DALI's decoder input, checked first (header and size against the
         index: a wrong or damaged member fails here, under the loaders' decode-failure policy)."""
         data = self.builder.images.data(key)
-        with Image.open(io.BytesIO(data)) as img:
-            if img.size != self.builder.size_of(key):
-                raise ValueError(f"image {key} is {img.size}, the index says "
-                                 f"{self.builder.size_of(key)}")
+        size = image_size(data)
+        if size != self.builder.size_of(key):
+            raise ValueError(f"image {key} is {size}, the index says {self.builder.size_of(key)}")
         return np.frombuffer(data, dtype=np.uint8)
 
     def arrays(self, plan: SamplePlan) -> dict[str, np.ndarray]:

@@ -15,6 +15,13 @@ import torch
 from PIL import Image
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone (no decode): what a GPU decoder is handed is checked
+    with it first."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
+
+
 def open_rgb(data: bytes) -> Image.Image:
     """Bytes -> a decoded RGB Pillow image."""
     with Image.open(io.BytesIO(data)) as img:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from support.mining import make_ckpt, mine_config, output_digests
 
-from loaders.pairs import PairRecord, open_pairs, read_record
+from loaders.pairs import PairRecord, mined_with, open_pairs, read_record, write_pair_shards
 from loaders.shards import iter_shard, shard_summary, write_idx, write_index, write_shard
 from mining import official_json, pipeline
 from mining.arrays import NpyRows, load_arrays
@@ -165,6 +165,8 @@ def test_official_json_round_trip(mined, scene_shards, tmp_path):
     back = str(tmp_path / "imported")
     index = official_json.import_official(paths["correspondence"], scene_shards[0], back)
     assert index["num_images"] == 48 and index["num_shards"] == 2
+    assert index["mined"] == {"knn_k": 10, "topn_frac": 0.1}  # Stage 3's K and N, as mined
+    assert mined_with(back) == mined_with(out) == index["mined"]
     a, b = open_pairs(out), open_pairs(back)
     for key in range(48):
         ra, rb = read_record(a, key), read_record(b, key)
@@ -191,11 +193,7 @@ def test_purity_on_hand_made_records(scene_shards, tmp_path):
                        pair_neighbor=[0, 0], pair_query_box=[qbox, far],
                        pair_neighbor_box=[nbox, nbox], pair_score=[0.9, 0.8]),
             PairRecord(na, 160, 120, boxes=[nbox], neighbors=[qa], neighbor_sims=[0.5])]
-    root = str(tmp_path / "m" / "pairs")
-    rows = write_shard(f"{root}/pairs-000000.tar",
-                       ((f"{r.key:09d}", r.encode(), None) for r in recs), ext="pairs")
-    write_idx(f"{root}/pairs-000000.idx.npy", rows)
-    write_index(root, [shard_summary("pairs-000000.tar", rows)])
+    write_pair_shards(str(tmp_path / "m"), [(0, recs)], knn_k=1, topn_frac=1.0)
     p = pair_purity(str(tmp_path / "m"), instances, shards)
     assert p["images_with_gt"] == 2 and p["pairs"] == 2
     assert p["pair_purity"] == 0.5 and p["pair_objects"] == 0.5

@@ -23,9 +23,11 @@ def orl_fast_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "orl_fast", *args]
 
 
+# The tiny model of every test: ResNet-18 with small MLPs.
+TINY_MODEL = ["model.backbone=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",
+              "model.pred_hidden_dim=64"]
 TINY_OVERRIDES = [
-    "model.backbone=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",
-    "model.pred_hidden_dim=64", "aug.crop_size=32", "train.batch_size=8", "train.epochs=1",
+    *TINY_MODEL, "aug.crop_size=32", "train.batch_size=8", "train.epochs=1",
     "train.num_workers=0", "train.precision=fp32", "train.log_every_steps=1",
     "train.ckpt_every_steps=2", "train.device=cpu", "optim.warmup_epochs=0",
 ]

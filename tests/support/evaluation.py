@@ -12,9 +12,7 @@ from orl_fast.core import checkpoint
 from orl_fast.core.config import load_config
 from orl_fast.core.models import BYOL
 
-# A tiny BYOL: ResNet-18 backbone, small MLPs (the conftest tiny_config model section).
-TINY_MODEL = ["model.backbone=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",
-              "model.pred_hidden_dim=64"]
+from .common import TINY_MODEL  # the tiny BYOL: ResNet-18 backbone, small MLPs
 
 # Small images and few RoIs: two iterations of a ResNet-18 Mask R-CNN in seconds on a CPU.
 TINY_DETECTION = [

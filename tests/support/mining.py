@@ -11,9 +11,10 @@ from orl_fast.core import checkpoint
 from orl_fast.core.config import load_config
 from orl_fast.core.models import BYOL
 
-# The tiny ResNet-18 of conftest.TINY_OVERRIDES, embedding 32 px crops; few boxes per image.
-MODEL = ["model.backbone=resnet18", "model.proj_hidden_dim=64", "model.proj_dim=32",
-         "model.pred_hidden_dim=64"]
+from .common import TINY_MODEL
+
+# The tests' tiny ResNet-18, embedding 32 px crops; few boxes per image.
+MODEL = TINY_MODEL
 MINE = ["mine.embed_size=32", "mine.roi_size=32", "mine.max_boxes=20", "mine.batch_size=64",
         "mine.ray_num_cpus=2"]
 # Outputs compared byte for byte between runs (units/ and manifest.json hold timings).

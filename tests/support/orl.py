@@ -12,7 +12,7 @@ from orl_fast.core.defaults import IngestConfig
 
 from .synthetic_pairs import random_records, write_pairs
 
-TINY_ORL = ["orl.patch_size=16"]  # with conftest.TINY_OVERRIDES (crop 32)
+TINY_ORL = ["orl.patch_size=16"]  # with common.TINY_OVERRIDES (crop 32)
 
 
 def random_pairs(shards: str, mined: str, seed: int = 0) -> str:
