@@ -1,4 +1,5 @@
-"""Stage 3 sample builder: which regions of which images make one ORL sample, and their augmentation.
+"""The sample plans of both stages: which regions of which images make one sample, and their
+augmentation (Stage 1: the two global views; Stage 3: the six crops of ORL).
 
 A :class:`SamplePlan` is a pure function of (seed, epoch, position): every random choice (the
 neighbour, the mined pair, the kept box and its jitter, the global crops, and every photometric
@@ -15,8 +16,8 @@ The six crops of a plan (rows of ``boxes``, xywh integers in the pixels of their
     5     inter-RoI p2           the mined pair's box in the neighbour     -> patch_size
 
 Crops 0, 2, 4 use the view-1 augmentation probabilities and 1, 3, 5 the view-2 ones (the official
-``patch_pipeline1`` / ``patch_pipeline2``). Fallbacks (the paper): an image without a kept box jitters
-the whole-image box; without a mined pair, p1 and p2 are both the whole image x. In the multi-crop
+``patch_pipeline1`` / ``patch_pipeline2``). Fallbacks (the paper): an image without a kept box
+jitters the whole-image box; without a mined pair, p1 and p2 are both the whole image x. In the multi-crop
 ablation (``orl.patches=random``) crops 2-5 are random resized crops of x.
 """
 
