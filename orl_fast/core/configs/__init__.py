@@ -1,0 +1,1 @@
+"""Shipped configs besides `paper` (the defaults of orl_fast/core/defaults.py): small.yaml."""
