@@ -57,7 +57,7 @@ def evaluate_lowshot(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.n
                 x, y = xtr[keep], targets[keep, c].astype(np.int32)
                 aps = []
                 for cost in costs:
-                    clf = svm(cost, cfg.svm).fit(x, y)
+                    clf = svm(cost, cfg.svm, cfg.seed).fit(x, y)
                     aps.append(voc07_ap(clf.decision_function(xte), test_labels[:, c]))
                 return aps
 

@@ -34,19 +34,22 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def svm(cost: float, cfg: SVMConfig) -> LinearSVC:
+def svm(cost: float, cfg: SVMConfig, seed: int = 0) -> LinearSVC:
+    """The benchmark's LinearSVC. liblinear's dual solver visits the samples in a random order:
+    ``random_state`` makes a fit, and so every report, a pure function of (features, seed)."""
     return LinearSVC(C=cost, class_weight={1: cfg.pos_weight, -1: 1}, intercept_scaling=1.0,
                      penalty="l2", loss="squared_hinge", tol=1e-4, dual=True,
-                     max_iter=cfg.max_iter)
+                     max_iter=cfg.max_iter, random_state=seed)
 
 
-def cross_validated_ap(x: np.ndarray, y: np.ndarray, cost: float, cfg: SVMConfig) -> float:
+def cross_validated_ap(x: np.ndarray, y: np.ndarray, cost: float, cfg: SVMConfig,
+                       seed: int = 0) -> float:
     """Mean k-fold AP (scikit-learn ``average_precision``) of the SVM with this cost."""
-    return float(cross_val_score(svm(cost, cfg), x, y, cv=cfg.folds,
+    return float(cross_val_score(svm(cost, cfg, seed), x, y, cv=cfg.folds,
                                  scoring="average_precision").mean())
 
 
-def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig) -> dict:
+def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig, seed: int = 0) -> dict:
     """One class: cost by cross-validation over ``cfg.costs`` (ties: the smaller cost), refit on
     all non-difficult training images. ``labels`` is the class column (1 / 0 ignored / -1)."""
     keep = labels != 0
@@ -56,9 +59,9 @@ def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig) -> dict:
         raise ValueError(f"{n_pos} positives and {int((y == -1).sum())} negatives: "
                          f"too few for {cfg.folds}-fold cross-validation")
     costs = sorted(cfg.costs)
-    cv_ap = [cross_validated_ap(x, y, c, cfg) for c in costs]
+    cv_ap = [cross_validated_ap(x, y, c, cfg, seed) for c in costs]
     best = costs[int(np.argmax(cv_ap))]
-    clf = svm(best, cfg).fit(x, y)
+    clf = svm(best, cfg, seed).fit(x, y)
     return {"cost": best, "cv_ap": dict(zip(costs, cv_ap)), "coef": clf.coef_[0].copy(),
             "intercept": float(clf.intercept_[0])}
 
@@ -67,7 +70,7 @@ def evaluate_svm(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarr
                  test_labels: np.ndarray, classes: tuple[str, ...], cfg: EvalConfig) -> dict:
     """Train the per-class SVMs on one layer's features and score the test set."""
     xtr, xte = l2_normalise(train_x), l2_normalise(test_x)
-    fits = parallel_map(lambda c: train_class(xtr, train_labels[:, c], cfg.svm),
+    fits = parallel_map(lambda c: train_class(xtr, train_labels[:, c], cfg.svm, cfg.seed),
                         range(len(classes)), cfg.jobs)
     scores = np.stack([xte @ f["coef"] + f["intercept"] for f in fits], axis=1)
     out = classification_metrics(scores, test_labels, classes)

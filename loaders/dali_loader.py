@@ -39,7 +39,7 @@ import torch
 
 from loaders.orl_samples import SampleBuilder, SamplePlan
 from loaders.sampling import StepBatchSampler
-from orl_fast.augment import blur_kernel_size
+from orl_fast.augment import blur_kernel
 from orl_fast.extras import require
 
 
@@ -71,7 +71,7 @@ class ORLSource:
             self.names += ["patch_roi", *self._photo_names("patch")]
         if builder.uses_neighbor:
             self.names += ["neighbor_jpeg"] + ["neighbor_window"] * self.roi_decode
-        self.kernel = blur_kernel_size(builder.cfg.aug.blur_sigma[1])
+        self.kernel = blur_kernel(builder.cfg.aug)
         self._cached: tuple[int, list] = (-1, [])
 
     @staticmethod

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from loaders.orl_samples import SampleBuilder, SamplePlan
 from loaders.torch_loader import decode_rgb
-from orl_fast.augment import INTERPOLATION, blur_kernel_size
+from orl_fast.augment import INTERPOLATION, blur_kernel
 from orl_fast.config import AugmentConfig
 
 # Indexed like loaders.orl_samples.JITTER_OPS.
@@ -42,7 +42,7 @@ def augment(patch: torch.Tensor, plan: SamplePlan, crop: int, aug: AugmentConfig
     if p.gray[crop]:
         patch = F.rgb_to_grayscale(patch, num_output_channels=3)
     if p.sigma[crop] > 0:
-        k = blur_kernel_size(aug.blur_sigma[1])
+        k = blur_kernel(aug)
         patch = F.gaussian_blur(patch, [k, k], [float(p.sigma[crop])] * 2)
     if p.solarize[crop]:
         patch = F.solarize(patch, aug.solarize_threshold)

@@ -28,14 +28,18 @@ def blur_kernel_size(sigma_max: float) -> int:
     return 2 * math.ceil(3 * sigma_max) + 1
 
 
+def blur_kernel(cfg: AugmentConfig) -> int:
+    """The blur kernel of a config: +-3 x its largest sigma at its crop size."""
+    return blur_kernel_size(cfg.blur_sigma_px[1])
+
+
 def photometric(cfg: AugmentConfig, view: int) -> Transform:
     """Flip, colour jitter, grayscale, blur, solarise: what every view and patch gets."""
     return T.Compose([
         T.RandomHorizontalFlip(cfg.hflip_p),
         T.RandomApply([T.ColorJitter(*cfg.color_jitter)], p=cfg.color_jitter_p),
         T.RandomGrayscale(cfg.grayscale_p),
-        T.RandomApply([T.GaussianBlur(blur_kernel_size(cfg.blur_sigma[1]), cfg.blur_sigma)],
-                      p=cfg.blur_p[view]),
+        T.RandomApply([T.GaussianBlur(blur_kernel(cfg), cfg.blur_sigma_px)], p=cfg.blur_p[view]),
         T.RandomSolarize(cfg.solarize_threshold, p=cfg.solarize_p[view]),
     ])
 

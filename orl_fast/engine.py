@@ -20,6 +20,7 @@ from tqdm import tqdm
 from orl_fast import checkpoint, storage
 from orl_fast.config import Config, OptimConfig
 from orl_fast.distributed import Runtime, convert_sync_batchnorm, mean_across_ranks
+from orl_fast.models import online_target_distance
 from orl_fast.runlog import RunLog
 from orl_fast.schedules import ema_tau, learning_rate
 
@@ -67,15 +68,17 @@ class Schedule:
 
 
 def train_step(train_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
-               inputs: tuple, lr: float, tau: float, autocast) -> tuple[torch.Tensor, dict]:
+               inputs: tuple, lr: float, tau: float, autocast,
+               diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
     """One optimiser step: lr -> forward (autocast) -> backward -> SGD -> EMA target update.
 
-    ``train_model`` is what runs the forward (DDP / compiled wrapper of ``model``).
+    ``train_model`` is what runs the forward (DDP / compiled wrapper of ``model``); with
+    ``diagnostics`` the model also returns its collapse monitors (on logging steps only).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast:
-        loss, metrics = train_model(*inputs)
+        loss, metrics = train_model(*inputs, diagnostics=diagnostics)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -83,9 +86,20 @@ def train_step(train_model: nn.Module, model: nn.Module, optimizer: torch.optim.
     return loss, metrics
 
 
+def cpu_bf16_supported() -> bool:
+    """The CPU has native bf16 matrix instructions (AVX512-BF16 / AMX) that oneDNN uses: bf16
+    autocast there halves the time of a training step; without them it is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_for(precision: str, device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16,
-                          enabled=device.type == "cuda" and precision == "bf16")
+    """bf16 autocast on CUDA, and on CPUs with native bf16 (elsewhere the run is fp32)."""
+    enabled = precision == "bf16" and (device.type == "cuda" or (device.type == "cpu"
+                                                                  and cpu_bf16_supported()))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def fit(cfg: Config, model: nn.Module, num_images: int,
@@ -152,15 +166,18 @@ def fit(cfg: Config, model: nn.Module, num_images: int,
                            for x in prepare(batch, rt.device))
             data_wait += time.perf_counter() - fetch_start
             lr, tau = sched.lr(step), sched.tau(step)
-            loss, metrics = train_step(train_model, model, optimizer, inputs, lr, tau, autocast)
+            logging = (step + 1) % t.log_every_steps == 0 or step + 1 == sched.stop_step
+            loss, metrics = train_step(train_model, model, optimizer, inputs, lr, tau, autocast,
+                                       diagnostics=logging)
             step += 1
             window_images += t.batch_size
             bar.update(1)
 
-            if step % t.log_every_steps == 0 or step == sched.stop_step:
+            if logging:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"[{stage}] loss is {loss.item()} at step {step}")
-                scalars = {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+                scalars = {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()},
+                           "online_target_dist": online_target_distance(model)}
                 scalars = mean_across_ranks(scalars, rt)
                 elapsed = time.perf_counter() - window_start
                 scalars.update(lr=lr, tau=tau, img_per_s=window_images / elapsed,
