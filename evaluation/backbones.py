@@ -29,16 +29,17 @@ class Weights:
     state_dict: dict[str, torch.Tensor]
     digest: str  # sha256 over (arch, key, dtype, shape, bytes) of every tensor
     stage: str = ""  # the checkpoint's stage (stage1, stage3), if any
+    stem: str = "imagenet"  # model.stem of the checkpoint
 
     def build(self) -> nn.Module:
         """The backbone (``fc`` = Identity) with these weights, in eval mode."""
-        net, _ = build_backbone(self.arch)
+        net, _ = build_backbone(self.arch, self.stem)
         net.load_state_dict(self.state_dict, strict=True)
         return net.eval()
 
 
-def digest(arch: str, state_dict: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256(arch.encode())
+def digest(arch: str, state_dict: dict[str, torch.Tensor], stem: str = "imagenet") -> str:
+    h = hashlib.sha256(arch.encode() if stem == "imagenet" else f"{arch}|{stem}".encode())
     for key in sorted(state_dict):
         t = state_dict[key].detach().cpu()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
@@ -46,13 +47,39 @@ def digest(arch: str, state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def random_init(arch: str, seed: int) -> Weights:
+def random_init(arch: str, seed: int, stem: str = "imagenet") -> Weights:
     """torchvision's default initialisation of ``arch``, seeded (the caller's RNG is untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net, _ = build_backbone(arch)
+        net, _ = build_backbone(arch, stem)
     sd = net.state_dict()
-    return Weights("random init", f"random (seed {seed})", arch, sd, digest(arch, sd))
+    return Weights("random init", f"random (seed {seed})", arch, sd, digest(arch, sd, stem),
+                   stem=stem)
+
+
+@torch.no_grad()
+def recalibrate_bn(weights: Weights, images: torch.Tensor, batch_size: int = 128) -> Weights:
+    """``weights`` with every BatchNorm's running statistics re-estimated on ``images`` (uint8
+    [N, 3, H, W], normalised with ImageNet's mean and std), the rest unchanged.
+
+    A randomly initialised network evaluated as it is has running statistics mean 0, variance 1
+    (each BatchNorm the identity); any training replaces them by the data's. This isolates what
+    training did to the other weights (PreciseBN-style cumulative averages over the batches)."""
+    from loaders.augment import normalize
+    from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
+
+    net = weights.build()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    net.train()
+    for start in range(0, len(images), batch_size):
+        net(normalize(images[start:start + batch_size], IMAGENET_MEAN, IMAGENET_STD))
+    sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return Weights(f"{weights.name}, BN re-estimated", f"{weights.source} (BN statistics "
+                   f"re-estimated on {len(images)} images)", weights.arch, sd,
+                   digest(weights.arch, sd, weights.stem), weights.stage, weights.stem)
 
 
 def load(path: str, arch: str = "resnet50") -> Weights:
@@ -65,18 +92,20 @@ def load(path: str, arch: str = "resnet50") -> Weights:
                                 "its run directory, or a torchvision state dict file)")
     with storage.open_file(resolved, "rb") as f:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    stage = ""
+    stage, stem = "", "imagenet"
     if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
         sd = checkpoint.backbone_state_dict(state)
-        arch = state.get("config", {}).get("model", {}).get("backbone", arch)
+        model_cfg = state.get("config", {}).get("model", {})
+        arch = model_cfg.get("backbone", arch)
+        stem = model_cfg.get("stem", stem)
         stage = str(state.get("stage", ""))
     elif isinstance(state, dict) and state and all(isinstance(v, torch.Tensor)
                                                    for v in state.values()):
         sd = {k: v for k, v in state.items() if not k.startswith("fc.")}
     else:
         raise ValueError(f"{resolved}: neither an orl-fast checkpoint nor a state dict of tensors")
-    _check_keys(sd, arch, resolved)
-    return Weights("checkpoint", resolved, arch, sd, digest(arch, sd), stage)
+    _check_keys(sd, arch, resolved, stem)
+    return Weights("checkpoint", resolved, arch, sd, digest(arch, sd, stem), stage, stem)
 
 
 def resolve(path: str, arch: str, seed: int) -> Weights:
@@ -87,12 +116,14 @@ def resolve(path: str, arch: str, seed: int) -> Weights:
 def with_baseline(path: str, arch: str, seed: int) -> list[Weights]:
     """[checkpoint, random init of the same architecture]; only the baseline for ``random``."""
     w = resolve(path, arch, seed)
-    return [w] if path == RANDOM else [w, random_init(w.arch, seed)]
+    return [w] if path == RANDOM else [w, random_init(w.arch, seed, w.stem)]
 
 
-def _check_keys(sd: dict[str, torch.Tensor], arch: str, where: str) -> None:
-    expected = build_backbone(arch)[0].state_dict()
+def _check_keys(sd: dict[str, torch.Tensor], arch: str, where: str,
+                stem: str = "imagenet") -> None:
+    expected = build_backbone(arch, stem)[0].state_dict()
     missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{where}: not a torchvision {arch} backbone (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+    wrong = [k for k in sorted(set(expected) & set(sd)) if expected[k].shape != sd[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{where}: not a torchvision {arch} backbone ({stem} stem; missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]})")

@@ -103,6 +103,9 @@ def export(weights: Weights, fmt: str, out: str, dc: DetectionConfig | None = No
     path or an fsspec URL; returns the files written."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if weights.stem != "imagenet" and fmt != "torchvision":
+        raise ValueError(f"{fmt} export: {fmt} has no ResNet with the {weights.stem!r} stem "
+                         "(model.stem); export torchvision weights and build the stem yourself")
     sd = {k: v.detach().cpu().clone() for k, v in weights.state_dict.items()}
     if fmt == "timm":
         _check_timm(sd, weights.arch)

@@ -39,30 +39,33 @@ def sample(labels: np.ndarray, n: int, index: int, seed: int) -> tuple[np.ndarra
     return out, capped
 
 
+def _class_aps(shared: tuple, task: tuple[int, np.ndarray]) -> list[float]:
+    """Test AP of class ``c`` for every cost, SVMs fitted on its sampled ``targets`` column."""
+    xtr, xte, test_labels, costs, svm_cfg, seed = shared
+    c, targets = task
+    keep = targets != 0
+    x, y = xtr[keep], targets[keep].astype(np.int32)
+    return [voc07_ap(svm(cost, svm_cfg, seed).fit(x, y).decision_function(xte), test_labels[:, c])
+            for cost in costs]
+
+
 def evaluate_lowshot(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray,
                      test_labels: np.ndarray, classes: tuple[str, ...], cfg: EvalConfig) -> dict:
     xtr, xte = l2_normalise(train_x), l2_normalise(test_x)
     costs = sorted(cfg.svm.costs)
+    # Every (shots, sample, class) fit in one pool: the features go to each worker once.
+    draws = {(n, s): sample(train_labels, n, s, cfg.seed) for n in cfg.lowshot.shots
+             for s in range(cfg.lowshot.samples)}
+    tasks = [(c, targets[:, c]) for targets, _ in draws.values() for c in range(len(classes))]
+    aps = parallel_map(_class_aps, tasks, cfg.jobs, (xtr, xte, test_labels, costs, cfg.svm,
+                                                     cfg.seed))
+    per_draw = dict(zip(draws, np.array(aps).reshape(len(draws), len(classes), len(costs))))
     shots: dict = {}
     for n in cfg.lowshot.shots:
         # mAP[sample, cost]
-        maps = np.zeros((cfg.lowshot.samples, len(costs)))
-        capped: set[int] = set()
-        for s in range(cfg.lowshot.samples):
-            targets, cap = sample(train_labels, n, s, cfg.seed)
-            capped.update(cap)
-
-            def class_aps(c: int, targets=targets) -> list[float]:
-                keep = targets[:, c] != 0
-                x, y = xtr[keep], targets[keep, c].astype(np.int32)
-                aps = []
-                for cost in costs:
-                    clf = svm(cost, cfg.svm).fit(x, y)
-                    aps.append(voc07_ap(clf.decision_function(xte), test_labels[:, c]))
-                return aps
-
-            per_class = np.array(parallel_map(class_aps, range(len(classes)), cfg.jobs))
-            maps[s] = np.nanmean(per_class, axis=0) * 100
+        maps = np.stack([np.nanmean(per_draw[(n, s)], axis=0) * 100
+                         for s in range(cfg.lowshot.samples)])
+        capped = {c for s in range(cfg.lowshot.samples) for c in draws[(n, s)][1]}
         best = int(np.argmax(maps.mean(0)))
         at = maps[:, best]
         shots[str(n)] = {

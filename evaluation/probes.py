@@ -14,6 +14,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,6 +26,28 @@ from evaluation.features import resolve_device
 from orl_fast.core.defaults import EvalConfig
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one CPU thread for the block: reductions (matrix products, sums) then run in one
+    fixed order, so a probe's numbers do not depend on the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def deterministic(fn):
+    """Run ``fn`` on one thread: the same inputs and seed give bit-identical scores."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with single_thread():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@deterministic
 @torch.no_grad()
 def knn_scores(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray, k: int,
                temperature: float, device: torch.device, chunk: int = 1024) -> np.ndarray:
@@ -38,6 +64,7 @@ def knn_scores(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray
     return torch.cat(out).numpy() if out else np.zeros((0, train_labels.shape[1]), np.float32)
 
 
+@deterministic
 def linear_probe_scores(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray,
                         cfg: EvalConfig) -> np.ndarray:
     """Train the linear probe and return its test logits (images x classes)."""

@@ -12,11 +12,13 @@ VOC07 protocol of the paper's tables does.)
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,19 +36,22 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def svm(cost: float, cfg: SVMConfig) -> LinearSVC:
+def svm(cost: float, cfg: SVMConfig, seed: int = 0) -> LinearSVC:
+    """The benchmark's LinearSVC. liblinear's dual solver visits the samples in a random order:
+    ``random_state`` makes a fit, and so every report, a pure function of (features, seed)."""
     return LinearSVC(C=cost, class_weight={1: cfg.pos_weight, -1: 1}, intercept_scaling=1.0,
                      penalty="l2", loss="squared_hinge", tol=1e-4, dual=True,
-                     max_iter=cfg.max_iter)
+                     max_iter=cfg.max_iter, random_state=seed)
 
 
-def cross_validated_ap(x: np.ndarray, y: np.ndarray, cost: float, cfg: SVMConfig) -> float:
+def cross_validated_ap(x: np.ndarray, y: np.ndarray, cost: float, cfg: SVMConfig,
+                       seed: int = 0) -> float:
     """Mean k-fold AP (scikit-learn ``average_precision``) of the SVM with this cost."""
-    return float(cross_val_score(svm(cost, cfg), x, y, cv=cfg.folds,
+    return float(cross_val_score(svm(cost, cfg, seed), x, y, cv=cfg.folds,
                                  scoring="average_precision").mean())
 
 
-def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig) -> dict:
+def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig, seed: int = 0) -> dict:
     """One class: cost by cross-validation over ``cfg.costs`` (ties: the smaller cost), refit on
     all non-difficult training images. ``labels`` is the class column (1 / 0 ignored / -1)."""
     keep = labels != 0
@@ -56,9 +61,9 @@ def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig) -> dict:
         raise ValueError(f"{n_pos} positives and {int((y == -1).sum())} negatives: "
                          f"too few for {cfg.folds}-fold cross-validation")
     costs = sorted(cfg.costs)
-    cv_ap = [cross_validated_ap(x, y, c, cfg) for c in costs]
+    cv_ap = [cross_validated_ap(x, y, c, cfg, seed) for c in costs]
     best = costs[int(np.argmax(cv_ap))]
-    clf = svm(best, cfg).fit(x, y)
+    clf = svm(best, cfg, seed).fit(x, y)
     return {"cost": best, "cv_ap": dict(zip(costs, cv_ap)), "coef": clf.coef_[0].copy(),
             "intercept": float(clf.intercept_[0])}
 
@@ -67,8 +72,8 @@ def evaluate_svm(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarr
                  test_labels: np.ndarray, classes: tuple[str, ...], cfg: EvalConfig) -> dict:
     """Train the per-class SVMs on one layer's features and score the test set."""
     xtr, xte = l2_normalise(train_x), l2_normalise(test_x)
-    fits = parallel_map(lambda c: train_class(xtr, train_labels[:, c], cfg.svm),
-                        range(len(classes)), cfg.jobs)
+    fits = parallel_map(_fit_class, range(len(classes)), cfg.jobs,
+                        (xtr, train_labels, cfg.svm, cfg.seed))
     scores = np.stack([xte @ f["coef"] + f["intercept"] for f in fits], axis=1)
     out = classification_metrics(scores, test_labels, classes)
     out["cost"] = {c: f["cost"] for c, f in zip(classes, fits)}
@@ -76,6 +81,11 @@ def evaluate_svm(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarr
                     for c, f in zip(classes, fits)}
     out["feature_dim"] = int(train_x.shape[1])
     return out
+
+
+def _fit_class(shared: tuple, c: int) -> dict:
+    x, labels, svm_cfg, seed = shared
+    return train_class(x, labels[:, c], svm_cfg, seed)
 
 
 def protocol(cfg: EvalConfig) -> dict:
@@ -92,16 +102,34 @@ def protocol(cfg: EvalConfig) -> dict:
     }
 
 
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], jobs: int) -> list[R]:
-    """``[fn(x) for x in items]`` on threads (liblinear releases the GIL); 0 jobs = all cores.
+def parallel_map(fn: Callable[[Any, T], R], items: Iterable[T], jobs: int,
+                 shared: Any = None) -> list[R]:
+    """``[fn(shared, x) for x in items]``, in ``jobs`` worker processes (0: one per core).
 
-    LinearSVC's convergence warnings (max_iter 2000 is the protocol's) are silenced here, in the
-    calling thread: ``warnings.catch_warnings`` is not thread-safe inside the workers."""
+    Processes, not threads: liblinear draws its sample order from one generator per process, so
+    SVMs fitted side by side in threads of one process would take each other's random numbers
+    and a report would depend on the timing. Each worker receives ``shared`` once; ``fn`` must be
+    a module-level function. LinearSVC's convergence warnings (max_iter 2000 is the protocol's)
+    are silenced."""
     items = list(items)
     workers = min(jobs or os.cpu_count() or 1, max(len(items), 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        if workers == 1:
-            return [fn(x) for x in items]
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(fn, items))
+    if workers == 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return [fn(shared, x) for x in items]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(shared,)) as pool:
+        return list(pool.map(functools.partial(_call, fn), items))
+
+
+_SHARED: Any = None
+
+
+def _init_worker(shared: Any) -> None:
+    global _SHARED
+    _SHARED = shared
+    warnings.simplefilter("ignore", ConvergenceWarning)
+
+
+def _call(fn: Callable[[Any, T], R], item: T) -> R:
+    return fn(_SHARED, item)

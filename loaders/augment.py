@@ -14,12 +14,19 @@ import math
 import torch
 from torchvision.transforms import InterpolationMode
 
+from orl_fast.core.defaults import AugmentConfig
+
 INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
 def blur_kernel_size(sigma_max: float) -> int:
     """Odd kernel covering +-3 sigma: sigma is in pixels, as PIL's GaussianBlur(radius=sigma)."""
     return 2 * math.ceil(3 * sigma_max) + 1
+
+
+def blur_kernel(cfg: AugmentConfig) -> int:
+    """The blur kernel of a config: +-3 x its largest sigma at its crop size."""
+    return blur_kernel_size(cfg.blur_sigma_px[1])
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],

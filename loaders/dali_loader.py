@@ -38,7 +38,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from loaders.augment import blur_kernel_size
+from loaders.augment import blur_kernel
 from loaders.images import image_size
 from loaders.orl_samples import SampleBuilder, SamplePlan
 from loaders.sampling import StepBatchSampler
@@ -73,7 +73,7 @@ class ORLSource:
             self.names += ["patch_roi", *self._photo_names("patch")]
         if builder.uses_neighbor:
             self.names += ["neighbor_jpeg"] + ["neighbor_window"] * self.roi_decode
-        self.kernel = blur_kernel_size(builder.cfg.aug.blur_sigma[1])
+        self.kernel = blur_kernel(builder.cfg.aug)
         self._cached: tuple[int, list] = (-1, [])
 
     @staticmethod

@@ -81,7 +81,8 @@ def draw_photometric(rng: np.random.Generator, aug: AugmentConfig,
     jitter = u[:, 1] < aug.color_jitter_p
     factors = np.where(jitter[:, None], lo + f * (hi - lo), JITTER_IDENTITY).astype(np.float32)
     blur = u[:, 3] < np.asarray(aug.blur_p)[views]
-    sigma = aug.blur_sigma[0] + u[:, 4] * (aug.blur_sigma[1] - aug.blur_sigma[0])
+    lo_sigma, hi_sigma = aug.blur_sigma_px
+    sigma = lo_sigma + u[:, 4] * (hi_sigma - lo_sigma)
     return Photometric(
         flip=u[:, 0] < aug.hflip_p, jitter=jitter, order=order, factors=factors,
         gray=u[:, 2] < aug.grayscale_p, sigma=np.where(blur, sigma, 0.0).astype(np.float32),

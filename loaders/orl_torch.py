@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torch.utils.data import Dataset
 
-from loaders.augment import INTERPOLATION, blur_kernel_size
+from loaders.augment import INTERPOLATION, blur_kernel
 from loaders.images import decode_rgb
 from loaders.orl_samples import Photometric, SampleBuilder, SamplePlan
 from orl_fast.core.defaults import AugmentConfig
@@ -43,7 +43,7 @@ def augment(patch: torch.Tensor, photo: Photometric, crop: int,
     if p.gray[crop]:
         patch = F.rgb_to_grayscale(patch, num_output_channels=3)
     if p.sigma[crop] > 0:
-        k = blur_kernel_size(aug.blur_sigma[1])
+        k = blur_kernel(aug)
         patch = F.gaussian_blur(patch, [k, k], [float(p.sigma[crop])] * 2)
     if p.solarize[crop]:
         patch = F.solarize(patch, aug.solarize_threshold)

@@ -1,101 +1,224 @@
-"""Generated scene images with known objects, for the demo, tests and benchmarks.
+"""A generated world of cluttered multi-object scenes in which an object's category is its shape
+and its texture, never its colour (the demo, the learning protocol, tests and benchmarks).
 
-Each scene is a textured background with 1-4 objects drawn from a few categories that differ in
-shape, colour and texture, so object-level similarity across images is real and measurable. The
-ground truth is written in COCO instances format (boxes in pixels, xywh), so the mining purity
-measure and the detection evaluation run on it exactly as on COCO.
+Each of the eight categories pairs one shape with one texture (a disc of dots, a square of
+checks, a triangle of horizontal stripes, ...). Every object gets two random colours (the
+texture's ink and paper), so colour carries no information about the category: features that
+see mostly colour, as a randomly initialised network's do, cannot tell the categories apart,
+while features invariant to BYOL's colour augmentations can. Objects (2-5 per scene by default)
+lie on a cluttered background: a random colour field, irregular polygons and line segments in
+random colours. An image-level crop therefore usually mixes several objects and clutter, and
+object-level pairs have something to add.
+
+A scene is a pure function of (seed, index, size), so the world has as many images as asked
+for: the training set, a disjoint probe set (another seed) and any number of fresh scenes.
+Ground truth is written in COCO instances format (boxes xywh in pixels, category ids 1..8), so
+mining purity, the object-level probe and detection run on it as on COCO.
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
+import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CATEGORIES = ("disc", "square", "triangle", "cross", "ring", "diamond")
-_COLOURS = {  # base colour per category (RGB)
-    "disc": (220, 60, 50), "square": (50, 90, 220), "triangle": (40, 170, 70),
-    "cross": (230, 200, 40), "ring": (160, 60, 200), "diamond": (240, 130, 30),
+# category -> (shape, texture); the shapes and the textures are all different.
+KINDS = {
+    "disc": ("disc", "dots"),
+    "square": ("square", "checks"),
+    "triangle": ("triangle", "hstripes"),
+    "cross": ("cross", "grid"),
+    "ring": ("ring", "waves"),
+    "diamond": ("diamond", "vstripes"),
+    "star": ("star", "diagonal"),
+    "hexagon": ("hexagon", "speckle"),
 }
+CATEGORIES = tuple(KINDS)
 
 
 @dataclass(frozen=True)
 class SceneObject:
     category: str
-    box: tuple[int, int, int, int]  # x, y, w, h
+    box: tuple[int, int, int, int]  # x, y, w, h (tight around the object's mask)
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    """A random, fairly saturated RGB colour (uniform hue)."""
+    h, s, v = rng.random(), rng.uniform(0.35, 1.0), rng.uniform(0.35, 1.0)
+    return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32) * 255
+
+
+def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Ink and paper colours far enough apart in brightness or hue for the texture to show."""
+    for _ in range(16):
+        a, b = _colour(rng), _colour(rng)
+        if np.abs(a - b).sum() > 180:
+            return a, b
+    return a, 255 - a
+
+
+def _texture(rng: np.random.Generator, kind: str, w: int, h: int) -> np.ndarray:
+    """[h, w] ink coverage in [0, 1] of a category's texture, random period and phase."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    size = min(w, h)
+    period = size / rng.uniform(3.0, 5.0)
+    phase = rng.uniform(0, 2 * math.pi)
+    k = 2 * math.pi / period
+    if kind == "dots":
+        cell = period
+        dx, dy = (xx + phase) % cell - cell / 2, (yy + phase) % cell - cell / 2
+        return (np.hypot(dx, dy) < cell * 0.3).astype(np.float32)
+    if kind == "checks":
+        return ((np.floor((xx + phase) / period) + np.floor((yy + phase) / period)) % 2
+                ).astype(np.float32)
+    if kind == "hstripes":
+        return (np.sin(k * yy + phase) > 0).astype(np.float32)
+    if kind == "vstripes":
+        return (np.sin(k * xx + phase) > 0).astype(np.float32)
+    if kind == "diagonal":
+        return (np.sin(k * (xx + yy) / math.sqrt(2) + phase) > 0).astype(np.float32)
+    if kind == "grid":
+        lines = (np.abs(np.sin(k * xx / 2 + phase)) < 0.3) | (np.abs(np.sin(k * yy / 2 + phase))
+                                                               < 0.3)
+        return lines.astype(np.float32)
+    if kind == "waves":
+        r = np.hypot(xx - w / 2, yy - h / 2)
+        return (0.5 + 0.5 * np.sin(k * r + phase)).astype(np.float32)
+    if kind == "speckle":
+        cells = rng.random((max(2, h // 3), max(2, w // 3))) > 0.5
+        img = Image.fromarray((cells * 255).astype(np.uint8)).resize((w, h), Image.NEAREST)
+        return np.asarray(img, np.float32) / 255
+    raise ValueError(f"unknown texture {kind!r}")
+
+
+def _polygon(shape: str, w: int, h: int) -> list[tuple[float, float]] | None:
+    """The outline of a shape in a w x h box (None for the round shapes, drawn as ellipses)."""
+    sx, sy = (w - 1) / 2, (h - 1) / 2
+    cx, cy = sx, sy
+
+    def ring(n: int, radii: list[float], start: float) -> list[tuple[float, float]]:
+        pts = []
+        for i in range(n * len(radii)):
+            a = start + 2 * math.pi * i / (n * len(radii))
+            r = radii[i % len(radii)]
+            pts.append((cx + r * sx * math.cos(a), cy + r * sy * math.sin(a)))
+        return pts
+
+    if shape == "square":
+        return [(0, 0), (w - 1, 0), (w - 1, h - 1), (0, h - 1)]
+    if shape == "triangle":
+        return [(cx, 0), (w - 1, h - 1), (0, h - 1)]
+    if shape == "diamond":
+        return [(cx, 0), (w - 1, cy), (cx, h - 1), (0, cy)]
+    if shape == "hexagon":
+        return ring(6, [1.0], 0.0)
+    if shape == "star":
+        return ring(5, [1.0, 0.45], -math.pi / 2)
+    if shape == "cross":
+        a, b = 0.32, 0.68
+        return [(a * w, 0), (b * w, 0), (b * w, a * h), (w - 1, a * h), (w - 1, b * h),
+                (b * w, b * h), (b * w, h - 1), (a * w, h - 1), (a * w, b * h), (0, b * h),
+                (0, a * h), (a * w, a * h)]
+    return None
+
+
+def _mask(shape: str, w: int, h: int) -> np.ndarray:
+    m = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(m)
+    outline = _polygon(shape, w, h)
+    if outline is not None:
+        d.polygon(outline, fill=255)
+    else:
+        d.ellipse([0, 0, w - 1, h - 1], fill=255)
+        if shape == "ring":
+            d.ellipse([0.3 * w, 0.3 * h, 0.7 * w, 0.7 * h], fill=0)
+    return np.asarray(m, np.float32) / 255
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    c0, c1 = rng.uniform(60, 200, 3), rng.uniform(60, 200, 3)
-    t = (xx / w * rng.uniform(-1, 1) + yy / h * rng.uniform(-1, 1)) % 1.0
-    img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
-    img += rng.normal(0, 12, (h, w, 3))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(1.0))
+    """A random colour field with irregular polygons and line segments in random colours."""
+    coarse = rng.random((4, 5, 3)).astype(np.float32)
+    field = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+        (w, h), Image.BICUBIC), np.float32)
+    base = _colour(rng)
+    img = np.clip(0.55 * base + 0.45 * field + rng.normal(0, 8, (h, w, 3)), 0, 255)
+    canvas = Image.fromarray(img.astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    side = min(w, h)
+    for _ in range(int(rng.integers(3, 8))):  # irregular blobs: no category's outline
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        n = int(rng.integers(5, 10))
+        angles = np.sort(rng.uniform(0, 2 * math.pi, n))
+        radii = rng.uniform(0.05, 0.22, n) * side
+        draw.polygon([(cx + r * math.cos(a), cy + r * math.sin(a))
+                      for a, r in zip(angles, radii)],
+                     fill=tuple(int(c) for c in _colour(rng)))
+    for _ in range(int(rng.integers(2, 6))):
+        x0, y0, x1, y1 = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)
+        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(c) for c in _colour(rng)),
+                  width=int(rng.integers(1, 4)))
+    return canvas
 
 
-def _texture(rng: np.random.Generator, category: str, size: int) -> Image.Image:
-    """An object-sized RGB patch: category colour, jittered, with a category-specific texture."""
-    base = np.array(_COLOURS[category], dtype=np.float32) + rng.normal(0, 18, 3)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    period = max(4.0, size / rng.uniform(4, 7))
-    pattern = {
-        "disc": np.sin(np.hypot(xx - size / 2, yy - size / 2) / period * 2 * np.pi),
-        "square": np.sign(np.sin(xx / period * np.pi) * np.sin(yy / period * np.pi)),
-        "triangle": np.sin((xx + yy) / period * np.pi),
-        "cross": np.sin(xx / period * 2 * np.pi) * np.sin(yy / period * 2 * np.pi),
-        "ring": np.sin(yy / period * np.pi),
-        "diamond": np.sin(xx / period * np.pi),
-    }[category]
-    img = base[None, None] * (1 + 0.25 * pattern[..., None]) + rng.normal(0, 6, (size, size, 3))
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
-def _mask(category: str, size: int) -> Image.Image:
-    m = Image.new("L", (size, size), 0)
-    d = ImageDraw.Draw(m)
-    s = size - 1
-    if category == "disc":
-        d.ellipse([0, 0, s, s], fill=255)
-    elif category == "square":
-        d.rectangle([0, 0, s, s], fill=255)
-    elif category == "triangle":
-        d.polygon([(s / 2, 0), (s, s), (0, s)], fill=255)
-    elif category == "cross":
-        d.rectangle([s * 0.35, 0, s * 0.65, s], fill=255)
-        d.rectangle([0, s * 0.35, s, s * 0.65], fill=255)
-    elif category == "ring":
-        d.ellipse([0, 0, s, s], fill=255)
-        d.ellipse([s * 0.3, s * 0.3, s * 0.7, s * 0.7], fill=0)
-    else:
-        d.polygon([(s / 2, 0), (s, s / 2), (s / 2, s), (0, s / 2)], fill=255)
-    return m
-
-
-def make_scene(seed: int, width: int = 320, height: int = 240,
-               max_objects: int = 4) -> tuple[Image.Image, list[SceneObject]]:
+def make_scene(seed: int, width: int = 160, height: int = 120, max_objects: int = 5,
+               min_objects: int = 2) -> tuple[Image.Image, list[SceneObject]]:
+    """One scene and its objects; a pure function of the arguments."""
     rng = np.random.default_rng(seed)
-    img = _background(rng, width, height)
+    canvas = _background(rng, width, height)
+    img = np.asarray(canvas, np.float32).copy()
+    side = min(width, height)
+    lo, hi = max(16, side // 5), max(24, side // 2)
     objects: list[SceneObject] = []
-    lo, hi = max(24, min(width, height) // 6), max(32, min(width, height) // 2)
-    for _ in range(int(rng.integers(1, max_objects + 1))):
+    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-        size = int(rng.integers(lo, hi))
-        x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
-        img.paste(_texture(rng, category, size), (x, y), _mask(category, size))
-        objects.append(SceneObject(category, (x, y, size, size)))
-    return img, objects
+        shape, texture = KINDS[category]
+        size = int(rng.integers(lo, hi + 1))
+        aspect = math.exp(rng.uniform(-0.2, 0.2))
+        w = max(8, min(width, round(size * aspect)))
+        h = max(8, min(height, round(size / aspect)))
+        for _ in range(30):  # a free place: little overlap with the objects already there
+            box = (int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h)
+            if all(_iou(box, o.box) < 0.1 for o in objects):
+                break
+        else:
+            continue
+        ink, paper = _colour_pair(rng)
+        t = _texture(rng, texture, w, h)[..., None]
+        patch = ink * t + paper * (1 - t)
+        alpha = _mask(shape, w, h)[..., None]
+        x, y = box[0], box[1]
+        region = img[y:y + h, x:x + w]
+        img[y:y + h, x:x + w] = alpha * patch + (1 - alpha) * region
+        ys, xs = np.nonzero(alpha[..., 0] > 0.5)
+        objects.append(SceneObject(category, (x + int(xs.min()), y + int(ys.min()),
+                                              int(xs.max() - xs.min() + 1),
+                                              int(ys.max() - ys.min() + 1))))
+    img += rng.normal(0, 4, img.shape)
+    scene = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    return scene.filter(ImageFilter.GaussianBlur(0.5)), objects
 
 
-def write_scenes(out_dir: str, n: int, seed: int = 0, width: int = 320, height: int = 240,
-                 quality: int = 90) -> str:
+def scene_seed(seed: int, index: int) -> int:
+    return seed * 1_000_003 + index
+
+
+def write_scenes(out_dir: str, n: int, seed: int = 0, width: int = 160, height: int = 120,
+                 quality: int = 90, max_objects: int = 5) -> str:
     """Write ``n`` scenes as JPEGs plus ``instances.json`` (COCO format); returns the image dir.
 
-    Existing files are kept (the output is a pure function of the arguments)."""
+    Existing images are kept (the output is a pure function of the arguments)."""
     images_dir = os.path.join(out_dir, "images")
     os.makedirs(images_dir, exist_ok=True)
     coco: dict = {"images": [], "annotations": [],
@@ -103,9 +226,11 @@ def write_scenes(out_dir: str, n: int, seed: int = 0, width: int = 320, height: 
     for i in range(n):
         name = f"scene_{i:06d}.jpg"
         path = os.path.join(images_dir, name)
-        img, objects = make_scene(seed * 1_000_003 + i, width, height)
+        img, objects = make_scene(scene_seed(seed, i), width, height, max_objects)
         if not os.path.exists(path):
-            img.save(path, quality=quality)
+            tmp = path + ".tmp"
+            img.save(tmp, format="JPEG", quality=quality)
+            os.replace(tmp, path)
         coco["images"].append({"id": i + 1, "file_name": f"images/{name}", "width": width,
                                "height": height})
         for obj in objects:
@@ -114,6 +239,8 @@ def write_scenes(out_dir: str, n: int, seed: int = 0, width: int = 320, height: 
                 "category_id": CATEGORIES.index(obj.category) + 1, "bbox": list(obj.box),
                 "area": obj.box[2] * obj.box[3], "iscrowd": 0, "segmentation": [],
             })
-    with open(os.path.join(out_dir, "instances.json"), "w") as f:
+    tmp = os.path.join(out_dir, "instances.json.tmp")
+    with open(tmp, "w") as f:
         json.dump(coco, f)
+    os.replace(tmp, os.path.join(out_dir, "instances.json"))
     return images_dir

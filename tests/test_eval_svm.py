@@ -9,6 +9,7 @@ import pytest
 from support.evaluation import separable
 
 from evaluation import datasets, lowshot, voc07
+from loaders.synthetic import CATEGORIES
 from orl_fast.core.config import load_config
 
 GRID = (0.01, 0.1, 1.0, 10.0)
@@ -145,6 +146,30 @@ def test_labels_csv_with_a_split_column(tmp_path):
 def test_coco_image_labels(scene_shards):
     _, instances = scene_shards
     ds = datasets.load("", instances)
-    assert len(ds) == 48 and len(ds.classes) == 6
+    assert len(ds) == 48 and ds.classes == CATEGORIES
     assert ((ds.labels == 1).sum(1) >= 1).all() and set(np.unique(ds.labels)) <= {-1, 1}
     assert all(os.path.exists(p) for p in ds.paths)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_svm_and_probes_repeat_themselves_bit_for_bit():
+    """Same features and seed: identical reports, whatever the number of SVM threads (the dual
+    solver's sample order is seeded; the torch probes run on one thread)."""
+    import torch
+
+    from evaluation import probes
+
+    rng = np.random.default_rng(5)
+    x, y = separable(120, 3, 24, seed=1, noise=0.8)  # noisy: the solver's order matters
+    x += rng.normal(0, 0.5, x.shape).astype(np.float32)
+    classes = ("a", "b", "c")
+    # A few solver passes: the solution still depends on the order the samples are visited in.
+    runs = [voc07.evaluate_svm(x[:60], y[:60], x[60:], y[60:], classes,
+                               small_eval_config(f"eval.jobs={jobs}", "eval.svm.max_iter=2"))
+            for jobs in (1, 2, 1)]
+    assert runs[0] == runs[1] == runs[2]
+    ec = small_eval_config("eval.linear.epochs=5")
+    threads = torch.get_num_threads()
+    linear = [probes.linear_probe_scores(x[:60], y[:60], x[60:], ec) for _ in range(2)]
+    assert np.array_equal(linear[0], linear[1])
+    assert torch.get_num_threads() == threads  # restored after the single-thread block

@@ -31,6 +31,10 @@ Backbone = Literal[
 @dataclass
 class ModelConfig:
     backbone: Backbone = "resnet50"
+    # ResNet stem: "imagenet" (7x7 stride-2 conv + max-pool, the paper's) or "small" (3x3
+    # stride-1 conv, no max-pool: the CIFAR-style stem of solo-learn / lightly for 32-96 px
+    # inputs; 16x the compute of "imagenet" at the same input size).
+    stem: Literal["imagenet", "small"] = "imagenet"
     proj_hidden_dim: int = 4096
     proj_dim: int = 256
     pred_hidden_dim: int = 4096
@@ -55,7 +59,11 @@ class AugmentConfig:
     color_jitter_p: float = 0.8
     grayscale_p: float = 0.2
     blur_p: tuple[float, float] = (1.0, 0.1)
+    # Gaussian blur sigma range in pixels of a crop_size = blur_reference_size crop: at other crop
+    # sizes it scales with crop_size / blur_reference_size (patches included), as BYOL's and
+    # SimCLR's blur is defined relative to the image side. 0: sigma in pixels whatever the size.
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_reference_size: int = 224
     solarize_p: tuple[float, float] = (0.0, 0.2)
     solarize_threshold: int = 128
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -63,6 +71,7 @@ class AugmentConfig:
 
     def validate(self, p: str) -> None:
         _positive(p, self, "crop_size")
+        _non_negative(p, self, "blur_reference_size")
         _ordered(p, self, "crop_scale", lo=0.0, hi=1.0)
         _ordered(p, self, "crop_ratio", lo=0.0)
         _ordered(p, self, "blur_sigma", lo=0.0)
@@ -80,6 +89,12 @@ class AugmentConfig:
             raise ConfigError(f"{p}solarize_threshold: must be in [0, 255], got {self.solarize_threshold}")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"{p}std: must be > 0, got {self.std}")
+
+    @property
+    def blur_sigma_px(self) -> tuple[float, float]:
+        """The blur sigma range in pixels at this crop size (see ``blur_reference_size``)."""
+        scale = self.crop_size / self.blur_reference_size if self.blur_reference_size else 1.0
+        return (self.blur_sigma[0] * scale, self.blur_sigma[1] * scale)
 
 
 @dataclass
@@ -113,7 +128,8 @@ class TrainConfig:
     # Global batch over all ranks; each rank gets batch_size / world_size.
     batch_size: int = 512
     tau_base: float = 0.99
-    # bf16 autocast applies on CUDA (CPU runs in fp32); fp64 is for numerical verification.
+    # bf16 autocast applies on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX; other CPUs
+    # run in fp32); fp64 is for numerical verification.
     precision: Literal["bf16", "fp32", "fp64"] = "bf16"
     channels_last: bool = True
     compile: bool = False

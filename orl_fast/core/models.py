@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -20,9 +21,19 @@ from orl_fast.core.losses import regression_loss
 IMAGE_ONLY = (1.0, 0.0, 0.0)
 
 
-def build_backbone(name: str) -> tuple[nn.Module, int]:
-    """A torchvision ResNet with ``fc`` removed: images -> global-average-pooled features."""
+def build_backbone(name: str, stem: str = "imagenet") -> tuple[nn.Module, int]:
+    """A torchvision ResNet with ``fc`` removed: images -> global-average-pooled features.
+
+    ``stem="small"`` replaces the 7x7 stride-2 convolution and the max-pool by one 3x3 stride-1
+    convolution (the small-input stem of solo-learn and lightly), initialised as torchvision
+    initialises its convolutions (kaiming normal, fan_out)."""
     net = getattr(torchvision.models, name)(weights=None)
+    if stem == "small":
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.maxpool = nn.Identity()
+    elif stem != "imagenet":
+        raise ValueError(f"unknown stem {stem!r} (imagenet or small)")
     dim = net.fc.in_features
     net.fc = nn.Identity()
     return net, dim
@@ -48,11 +59,41 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.backbone, self.feat_dim = build_backbone(cfg.backbone)
+        self.backbone, self.feat_dim = build_backbone(cfg.backbone, cfg.stem)
         self.projector = MLP(self.feat_dim, cfg.proj_hidden_dim, cfg.proj_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))
+
+
+@torch.no_grad()
+def effective_rank(x: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of the normalised singular values of the centred rows of ``x`` (Roy &
+    Vetterli 2007): between 1 (collapse to a line) and min(rows - 1, columns)."""
+    x = x.detach().double()
+    s = torch.linalg.svdvals(x - x.mean(0))
+    p = s / s.sum().clamp_min(1e-12)
+    p = p[p > 0]
+    return torch.exp(-(p * p.log()).sum())
+
+
+@torch.no_grad()
+def monitors(features: torch.Tensor, projections: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Collapse monitors of a batch: ``proj_std``, the mean over dimensions of the batch std of
+    the L2-normalised projector outputs (1 / sqrt(dim) for outputs spread evenly on the sphere,
+    0 at collapse), and ``feature_rank``, the effective rank of the backbone features."""
+    z = F.normalize(projections.detach().float(), dim=1)
+    return {"proj_std": z.std(0).mean(), "feature_rank": effective_rank(features)}
+
+
+@torch.no_grad()
+def online_target_distance(model: nn.Module) -> float:
+    """||online - target|| / ||target|| over the encoder parameters: how far the EMA lags."""
+    diff = total = 0.0
+    for o, t in zip(model.online.parameters(), model.target.parameters()):
+        diff += float((o.detach().double() - t.double()).pow(2).sum())
+        total += float(t.double().pow(2).sum())
+    return (diff / max(total, 1e-30)) ** 0.5
 
 
 @torch.no_grad()
@@ -73,18 +114,27 @@ class BYOL(nn.Module):
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
 
-    def pair_loss(self, predictor: nn.Module, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        """Symmetric BYOL loss of two views through ``predictor``: L(q(v1), z'(v2)) + L(q(v2), z'(v1))."""
-        p1 = predictor(self.online(v1))
-        p2 = predictor(self.online(v2))
-        with torch.no_grad():
-            z1 = self.target(v1)
-            z2 = self.target(v2)
-        return regression_loss(p1, z2) + regression_loss(p2, z1)
+    def pair_loss(self, predictor: nn.Module, v1: torch.Tensor, v2: torch.Tensor,
+                  diagnostics: dict | None = None) -> torch.Tensor:
+        """Symmetric BYOL loss of two views through ``predictor``: L(q(v1), z'(v2)) + L(q(v2), z'(v1)).
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        loss = self.pair_loss(self.predictor, v1, v2)
-        return loss, {"loss_image": loss.detach()}
+        With a ``diagnostics`` dict, also adds the collapse monitors of the first view's batch
+        (:func:`monitors`)."""
+        f1, f2 = self.online.backbone(v1), self.online.backbone(v2)
+        z1, z2 = self.online.projector(f1), self.online.projector(f2)
+        p1, p2 = predictor(z1), predictor(z2)
+        with torch.no_grad():
+            t1 = self.target(v1)
+            t2 = self.target(v2)
+        if diagnostics is not None:
+            diagnostics.update(monitors(f1, z1))
+        return regression_loss(p1, t2) + regression_loss(p2, t1)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor,
+                diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
+        extra: dict | None = {} if diagnostics else None
+        loss = self.pair_loss(self.predictor, v1, v2, extra)
+        return loss, {"loss_image": loss.detach(), **(extra or {})}
 
     def update_target(self, tau: float) -> None:
         ema_update_(self.target, self.online, tau)
@@ -118,10 +168,11 @@ class ORL(BYOL):
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor,
                 intra: tuple[torch.Tensor, torch.Tensor] | None = None,
-                inter: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, dict]:
+                inter: tuple[torch.Tensor, torch.Tensor] | None = None,
+                diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
         pairs = {"image": (v1, v2), "intra": intra, "inter": inter}
         loss, metrics = 0.0, {}
+        extra: dict | None = {} if diagnostics else None
         for (name, attr), weight in zip(self.TERMS, self.loss_weights):
             pair = pairs[name]
             if name != "image" and (pair is None) != (weight == 0):
@@ -129,7 +180,8 @@ class ORL(BYOL):
                                  f"weight {weight} (loss weights {self.loss_weights})")
             if weight == 0:
                 continue
-            term = self.pair_loss(getattr(self, attr), *pair)
+            term = self.pair_loss(getattr(self, attr), *pair,
+                                  diagnostics=extra if name == "image" else None)
             loss = loss + weight * term
             metrics[f"loss_{name}"] = term.detach()
-        return loss, metrics
+        return loss, {**metrics, **(extra or {})}

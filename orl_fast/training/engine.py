@@ -22,6 +22,7 @@ from tqdm import tqdm
 from orl_fast.core import checkpoint, storage
 from orl_fast.core.defaults import Config, OptimConfig
 from orl_fast.core.distributed import Runtime, convert_sync_batchnorm, mean_across_ranks
+from orl_fast.core.models import online_target_distance
 from orl_fast.core.runlog import RunLog
 from orl_fast.training.schedules import ema_tau, learning_rate
 
@@ -83,17 +84,20 @@ class Schedule:
 
 def train_step(train_model: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
                inputs: Any, lr: float, tau: float | None, autocast,
-               forward: Callable[[nn.Module, Any], tuple[torch.Tensor, dict]] | None = None
-               ) -> tuple[torch.Tensor, dict]:
+               forward: Callable[..., tuple[torch.Tensor, dict]] | None = None,
+               diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
     """One optimiser step: lr -> forward (autocast) -> backward -> SGD -> EMA target update.
 
     ``train_model`` is what runs the forward (DDP / compiled wrapper of ``model``);
-    ``forward(train_model, inputs)`` returns (loss, metrics) (default :func:`call`).
+    ``forward(train_model, inputs)`` returns (loss, metrics) (default :func:`call`); with
+    ``diagnostics`` it is called with ``diagnostics=True`` and adds the model's monitors.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
+    forward = forward or call
     with autocast:
-        loss, metrics = (forward or call)(train_model, inputs)
+        loss, metrics = (forward(train_model, inputs, diagnostics=True) if diagnostics
+                         else forward(train_model, inputs))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -102,9 +106,20 @@ def train_step(train_model: nn.Module, model: nn.Module, optimizer: torch.optim.
     return loss, metrics
 
 
+def cpu_bf16_supported() -> bool:
+    """The CPU has native bf16 matrix instructions (AVX512-BF16 / AMX) that oneDNN uses: bf16
+    autocast there halves the time of a training step; without them it is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_for(precision: str, device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16,
-                          enabled=device.type == "cuda" and precision == "bf16")
+    """bf16 autocast on CUDA, and on CPUs with native bf16 (elsewhere the run is fp32)."""
+    enabled = precision == "bf16" and (device.type == "cuda" or (device.type == "cpu"
+                                                                  and cpu_bf16_supported()))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @dataclass
@@ -118,19 +133,22 @@ class RunSpec:
     log_every: int
     ckpt_every: int
     keep_last: int
-    precision: str = "fp32"  # "bf16": autocast on CUDA
+    precision: str = "fp32"  # "bf16": autocast on CUDA (and CPUs with native bf16)
     compile: bool = False
     log_key: str = "step"    # the step's name in metrics.jsonl
     tensorboard: bool = True
     progress: bool = True
     broadcast_buffers: bool = False  # DDP: SyncBN keeps buffers equal; True for other BNs
     extra: dict = field(default_factory=dict)  # more entries of every checkpoint
+    # Log the model's collapse monitors (forward(..., diagnostics=True) on logging steps) and
+    # the online-target distance (models with an EMA target).
+    monitors: bool = False
 
     @classmethod
     def of_stage(cls, cfg: Config, stage: str) -> RunSpec:
         t = cfg.train
         return cls(cfg.out, stage, cfg, t.batch_size, t.log_every_steps, t.ckpt_every_steps,
-                   t.keep_last, t.precision, t.compile)
+                   t.keep_last, t.precision, t.compile, monitors=True)
 
 
 def setup_model(cfg: Config, model: nn.Module, rt: Runtime) -> tuple[nn.Module, torch.optim.SGD]:
@@ -161,9 +179,9 @@ def cast(inputs: Any, dtype: torch.dtype) -> Any:
     return inputs
 
 
-def call(model: nn.Module, inputs: Any) -> tuple[torch.Tensor, dict]:
+def call(model: nn.Module, inputs: Any, **kwargs: Any) -> tuple[torch.Tensor, dict]:
     """``model(**inputs)`` for a dict of named inputs, else ``model(*inputs)``."""
-    return model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+    return model(**inputs, **kwargs) if isinstance(inputs, dict) else model(*inputs, **kwargs)
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, sched: LoopSchedule,
@@ -229,17 +247,20 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, sched: LoopSchedule,
             inputs = cast(prepare(batch, rt.device), dtype)
             data_wait += time.perf_counter() - fetch_start
             lr, tau = sched.lr(step), sched.tau(step)
+            logging = (step + 1) % run.log_every == 0 or step + 1 == sched.stop_step
             loss, metrics = train_step(train_model, model, optimizer, inputs, lr, tau, autocast,
-                                       forward)
+                                       forward, diagnostics=logging and run.monitors)
             step += 1
             window_images += run.batch_size
             bar.update(1)
 
-            if step % run.log_every == 0 or step == sched.stop_step:
+            if logging:
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"[{run.stage}] loss is {loss.item()} at step {step}")
                 scalars = {"loss": loss.item(), **{k: float(v.detach() if torch.is_tensor(v) else v)
                                                    for k, v in metrics.items()}}
+                if run.monitors and tau is not None:
+                    scalars["online_target_dist"] = online_target_distance(model)
                 scalars = mean_across_ranks(scalars, rt)
                 elapsed = time.perf_counter() - window_start
                 scalars.update(lr=lr, **({} if tau is None else {"tau": tau}),

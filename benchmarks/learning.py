@@ -1,0 +1,467 @@
+"""Does training learn? Random initialisation vs BYOL vs ORL, same seed, equal compute.
+
+Per seed (the seed sets the initialisation, the data order and every augmentation):
+
+    Stage 1   BYOL for E1 epochs                                       stage1/
+    Stage 2   mining with the Stage 1 model (and with a random-init    mined/
+              Stage 1 first: the purity floor), purity vs ground truth
+    BYOL arm  Stage 3 with loss weights (1, 0, 0) for E3 epochs from Stage 1, i.e. BYOL for
+              E1 + E3 epochs in two schedule segments                  byol/
+    ORL arm   Stage 3 with loss weights (1, 1, 1) for E3 epochs from Stage 1 (image + intra-RoI +
+              inter-RoI), the same images and optimiser steps          orl/
+
+Both arms see the same images in the same order and take the same number of optimiser steps
+(ORL's four patches per image cost it ~50% more compute per step). Every kept checkpoint and a
+random initialisation of the same seed are probed:
+
+- the object-level probe (``evaluation.objects``): ground-truth object crops at the training
+  resolution, kNN and linear balanced accuracy, split by image, per-class balanced;
+- ``real`` only: the VOC07 SVM at the training resolution on the held-out part of voc07, for
+  the final checkpoints.
+
+Pre-training never sees a probe's test images: ``world`` probes objects of scenes generated
+with other seeds, ``real`` pre-trains on coco-mini without its probe-test images plus the
+training half of voc07 (the SVM's test half is left out).
+
+    python benchmarks/learning.py world --out benchmarks/out/learning-world          # CPU
+    python benchmarks/learning.py real --out benchmarks/out/learning-real
+    python benchmarks/learning.py world --device cuda --images 20000 --e1 100 --e3 100 \\
+        --batch 256 --workers 8                                                     # one GPU
+    python benchmarks/learning.py select --out benchmarks/out/learning-select      # the recipe
+
+``select`` trains seed 0 of each candidate recipe for Stage 1 only and scores it on a validation
+probe (scenes of yet another seed, never the test probe): the defaults of ``world`` are its
+winner. Each run writes ``results.json``, ``learning.png`` (probe vs steps, mean and the spread
+over seeds) and ``results.md`` (the table for benchmarks/RESULTS.md) in OUT; finished stages are
+skipped on a rerun (every stage resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_common import COCO_MINI, SHARED_DATA, machine
+
+from evaluation import backbones, classification, datasets, objects
+from loaders.ingest import ingest
+from loaders.synthetic import write_scenes
+from mining import pipeline
+from mining.purity import pair_purity
+from orl_fast.core import checkpoint
+from orl_fast.core.config import load_config
+from orl_fast.core.models import IMAGE_ONLY, ORL
+from orl_fast.training import stage1, stage3
+
+VOC07 = SHARED_DATA / "voc07"
+WORLD_SIZE = (160, 120)  # generated scene width, height
+DATA_SEED, TEST_SEED, VALIDATION_SEED = 0, 1, 2
+
+
+@dataclass
+class Recipe:
+    """What a protocol run trains with (the CLI flags of this script)."""
+
+    backbone: str = "resnet18"
+    stem: str = "imagenet"
+    crop: int = 64
+    patch: int = 32
+    batch: int = 64
+    base_lr: float = 1.0
+    weight_decay: float = 1e-4
+    tau: float = 0.99
+    e1: int = 8
+    e3: int = 4
+    workers: int = 2
+    device: str = "cpu"
+    ckpt_every: int = 0  # optimiser steps between probed checkpoints (0: 8 per stage)
+    extra: list[str] = field(default_factory=list)  # further dotted overrides
+
+    def overrides(self) -> list[str]:
+        return [f"model.backbone={self.backbone}", f"model.stem={self.stem}",
+                f"aug.crop_size={self.crop}", f"orl.patch_size={self.patch}",
+                f"train.batch_size={self.batch}", f"optim.base_lr={self.base_lr}",
+                f"optim.weight_decay={self.weight_decay}", f"train.tau_base={self.tau}",
+                f"train.num_workers={self.workers}", f"train.device={self.device}",
+                "train.keep_last=1000", "train.log_every_steps=10", *self.extra]
+
+    def mine_overrides(self) -> list[str]:
+        return [f"mine.embed_size={self.crop}", f"mine.roi_size={self.crop}",
+                f"mine.device={self.device}", "mine.batch_size=256"]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def world_data(out: Path, images: int) -> tuple[str, str]:
+    """Generated training scenes in shards; returns (shards, instances.json)."""
+    scenes = out / "data" / "scenes"
+    shards = out / "data" / "shards"
+    if not (shards / "index.json").exists():
+        src = write_scenes(str(scenes), images, seed=DATA_SEED, width=WORLD_SIZE[0],
+                           height=WORLD_SIZE[1])
+        ingest(src, str(shards), load_config("small", [
+            f"ingest.shard_size={max(64, images // 8)}"]).ingest, progress=False)
+    return str(shards), str(scenes / "instances.json")
+
+
+def world_probe(seed: int, scenes: int, size: int) -> tuple[objects.Objects, objects.Objects]:
+    """Objects of ``scenes`` generated scenes of ``seed`` (disjoint from the training scenes),
+    half the scenes for the probe's training part, half for its test part."""
+    return objects.split(objects.from_scenes(seed, scenes, size, *WORLD_SIZE), per_class=100,
+                         seed=0)
+
+
+def real_data(out: Path, size: int) -> dict:
+    """coco-mini + voc07 without the probes' test images, in shards; the probes."""
+    instances = str(COCO_MINI / "instances.json")
+    coco = json.loads(Path(instances).read_text())
+    ids = sorted(im["id"] for im in coco["images"])
+    _, probe_test_ids = objects.split_images(np.array(ids), test_frac=0.5, seed=0)
+    probe_test = {im["file_name"].split("/")[-1] for im in coco["images"]
+                  if im["id"] in set(probe_test_ids.tolist())}
+    voc_train, voc_test, _ = datasets.train_test(str(VOC07), "train", None, 0.5, 0)
+    names = sorted(os.listdir(COCO_MINI / "images"))
+    sources = [str(COCO_MINI / "images" / n) for n in names if n not in probe_test]
+    sources += list(voc_train.paths)
+    shards = out / "data" / "shards"
+    if not (shards / "index.json").exists():
+        (out / "data").mkdir(parents=True, exist_ok=True)
+        (out / "data" / "list.txt").write_text("".join(p + "\n" for p in sources))
+        ingest(str(out / "data" / "list.txt"), str(shards),
+               load_config("small", ["ingest.shard_size=192"]).ingest, progress=False)
+    objs = objects.from_coco(instances, size, min_side=24)
+    train, test = objects.split(objs, per_class=40, min_per_class=8, seed=0,
+                                test_images=probe_test_ids)
+    return {"shards": str(shards), "instances": instances, "objects": (train, test),
+            "pretrain_images": len(sources), "voc_test": len(voc_test)}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def steps_per_epoch(shards: str, batch: int) -> int:
+    return json.loads(Path(shards, "index.json").read_text())["num_images"] // batch
+
+
+def train_stage1(recipe: Recipe, shards: str, out: Path, seed: int) -> str:
+    every = recipe.ckpt_every or max(1, recipe.e1 * steps_per_epoch(shards, recipe.batch) // 8)
+    cfg = load_config("small", [*recipe.overrides(), f"data={shards}", f"out={out}",
+                                f"train.epochs={recipe.e1}", f"train.seed={seed}",
+                                f"train.ckpt_every_steps={every}"])
+    return stage1.run(cfg)
+
+
+def train_stage3(recipe: Recipe, shards: str, mined: str, stage1_run: Path, out: Path,
+                 seed: int, weights: str) -> str:
+    every = recipe.ckpt_every or max(1, recipe.e3 * steps_per_epoch(shards, recipe.batch) // 8)
+    cfg = load_config("small", [*recipe.overrides(), f"data={shards}", f"pairs={mined}",
+                                f"out={out}", f"train.epochs={recipe.e3}", f"train.seed={seed}",
+                                f"train.ckpt_every_steps={every}", f"orl.loss_weights={weights}",
+                                "orl.init=stage1", f"ckpt={stage1_run}"])
+    return stage3.run(cfg)
+
+
+def training_views(shards: str, n: int, size: int, seed: int) -> torch.Tensor:
+    """``n`` random resized crops (BYOL's scale range, no photometric change) of random
+    training images: what re-estimates a random network's BatchNorm statistics."""
+    from loaders.orl_samples import random_resized_crop
+    from loaders.orl_torch import cut
+    from loaders.shards import ShardIndex
+    from loaders.torch_loader import decode_rgb
+
+    index = ShardIndex(shards)
+    rng = np.random.default_rng(seed)
+    crops = []
+    for pos in rng.integers(0, len(index), n):
+        image = decode_rgb(index.data_at(int(pos))[1])
+        box = random_resized_crop(rng, image.shape[2], image.shape[1], (0.08, 1.0), (3 / 4, 4 / 3))
+        crops.append(cut(image, box, size, "bilinear"))
+    return torch.stack(crops)
+
+
+def random_stage1(recipe: Recipe, out: Path, seed: int) -> str:
+    """A Stage 1 checkpoint with the random initialisation of ``seed`` (mining's floor)."""
+    if checkpoint.resolve(str(out)) is None:
+        cfg = load_config("small", recipe.overrides())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = ORL(cfg.model, IMAGE_ONLY)
+        checkpoint.save(str(out), 0, {"stage": "stage1", "config": cfg.to_dict(),
+                                      "model": model.state_dict()}, keep_last=1)
+    return str(out)
+
+
+def mine(recipe: Recipe, shards: str, ckpt: str, out: Path, gt: str) -> dict:
+    cfg = load_config("small", [*recipe.mine_overrides(), f"data={shards}", f"ckpt={ckpt}",
+                                f"out={out}", "mine.ss_max_side=0",
+                                f"mine.min_box_size={recipe.crop // 3}"])
+    summary = pipeline.run(cfg, progress=False)
+    return {**pair_purity(str(out), gt, shards),
+            "boxes_per_image": summary["proposals"]["boxes_per_image"],
+            "pairs_per_image": summary["pairs"]["pairs_per_record"]}
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def checkpoints(run: Path) -> list[tuple[int, str]]:
+    d = run / "checkpoints"
+    return sorted((int(n[5:13]), str(d / n)) for n in os.listdir(d) if n.endswith(".pt"))
+
+
+def probe(w, objs: tuple[objects.Objects, objects.Objects], ec) -> dict:
+    return objects.evaluate(w, *objs, ec)
+
+
+def voc07_svm(ckpt: str, recipe: Recipe, out: Path) -> float:
+    """VOC07 SVM mAP (11-point, %) of a checkpoint at the training resolution on voc07's
+    held-out half (seed 0: the half pre-training never sees)."""
+    resize = round(recipe.crop * 256 / 224)
+    cfg = load_config("paper", [f"ckpt={ckpt}", f"eval.resize={resize}",
+                                f"eval.crop={recipe.crop}", f"eval.device={recipe.device}",
+                                "eval.num_workers=2"])
+    rep = classification.run("voc07", cfg, str(VOC07), "train", None, str(out), progress=False)
+    return float(rep["results"]["checkpoint"]["layers"]["res5"]["mAP"])
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+def run_seed(mode: str, recipe: Recipe, data: dict, out: Path, seed: int, ec,
+             arms: tuple[str, ...] = ("byol", "orl")) -> dict:
+    """Train, mine and probe one seed; returns its curves and final numbers."""
+    t0 = time.time()
+    times: dict[str, float] = {}
+    res: dict = {"seed": seed}
+    shards = data["shards"]
+    s1 = out / f"seed{seed}" / "stage1"
+    train_stage1(recipe, shards, s1, seed)
+    times["stage1"] = time.time() - t0
+    rnd = backbones.random_init(recipe.backbone, seed, recipe.stem)
+    res["random"] = probe(rnd, data["objects"], ec)
+    # The same random weights with BatchNorm statistics of the training views (what any training
+    # step gives a network): isolates what training changed in the other weights.
+    res["random_bn"] = probe(backbones.recalibrate_bn(
+        rnd, training_views(shards, 512, recipe.crop, seed)), data["objects"], ec)
+    res["stage1"] = [(step, probe(backbones.load(p), data["objects"], ec))
+                     for step, p in checkpoints(s1)]
+    if "orl" in arms:
+        t = time.time()
+        mined = out / f"seed{seed}" / "mined"
+        # Random-init Stage 1 first, then the trained one into the same directory: the
+        # selective-search proposals do not depend on the model and are kept.
+        res["purity_random_init"] = mine(recipe, shards, random_stage1(
+            recipe, out / f"seed{seed}" / "stage1-random", seed), mined, data["instances"])
+        res["purity"] = mine(recipe, shards, str(s1), mined, data["instances"])
+        times["mining"] = time.time() - t
+    for arm, weights in (("byol", "[1,0,0]"), ("orl", "[1,1,1]")):
+        if arm not in arms:
+            continue
+        t = time.time()
+        run = out / f"seed{seed}" / arm
+        train_stage3(recipe, shards, str(out / f"seed{seed}" / "mined"), s1, run, seed, weights)
+        times[arm] = time.time() - t
+        res[arm] = [(step, probe(backbones.load(p), data["objects"], ec))
+                    for step, p in checkpoints(run)]
+    if mode == "real":
+        t = time.time()
+        # The held-out split is eval.seed's (0): the one left out of pre-training. The random
+        # init of this seed is scored as a checkpoint (the report's own baseline is seed 0's).
+        res["voc07"] = {"random init": voc07_svm(random_stage1(
+            recipe, out / f"seed{seed}" / "stage1-random", seed), recipe, out / "voc07")}
+        for name in ("stage1", *arms):
+            res["voc07"][name] = voc07_svm(checkpoints(out / f"seed{seed}" / name)[-1][1],
+                                           recipe, out / "voc07")
+        times["voc07"] = time.time() - t
+    res["seconds"] = {k: round(v, 1) for k, v in times.items()}
+    res["seconds"]["total"] = round(time.time() - t0, 1)
+    return res
+
+
+def summarise(results: list[dict], arms: tuple[str, ...]) -> dict:
+    """Mean and std over seeds of the final numbers of every arm (and random init)."""
+    def stats(values: list[float]) -> dict:
+        a = np.asarray(values, np.float64)
+        return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+                "values": [round(float(v), 3) for v in a]}
+
+    table: dict = {}
+    finals = {"random init": [r["random"] for r in results],
+              "random init, BN re-estimated": [r["random_bn"] for r in results],
+              "stage1": [r["stage1"][-1][1] for r in results]}
+    finals.update({arm: [r[arm][-1][1] for r in results] for arm in arms})
+    for name, rows in finals.items():
+        table[name] = {m: stats([row[m] for row in rows]) for m in ("knn", "linear",
+                                                                    "effective_rank")}
+    for key in ("purity", "purity_random_init"):
+        if key in results[0]:
+            table[key] = {m: stats([r[key][m] for r in results])
+                          for m in ("pair_purity", "random_pair_purity", "box_gt_match")}
+    if "voc07" in results[0]:
+        table["voc07"] = {name: stats([r["voc07"][name] for r in results])
+                          for name in results[0]["voc07"]}
+    return table
+
+
+def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {"byol": "tab:blue", "orl": "tab:red"}
+    for ax, metric in zip(axes, ("knn", "linear")):
+        for key, colour, label in (("random", "grey", "random init"),
+                                   ("random_bn", "tab:green", "random init, BN re-estimated")):
+            rnd = np.array([r[key][metric] for r in results])
+            ax.axhspan(rnd.mean() - rnd.std(), rnd.mean() + rnd.std(), color=colour, alpha=0.2)
+            ax.axhline(rnd.mean(), color=colour, lw=1, ls="--", label=label)
+        for arm in arms:
+            curves = [[(0, r["random"][metric])] + [(s, p[metric]) for s, p in r["stage1"]]
+                      + [(r["stage1"][-1][0] + s, p[metric]) for s, p in r[arm]]
+                      for r in results]
+            steps = np.array([s for s, _ in curves[0]])
+            vals = np.array([[v for _, v in c] for c in curves])
+            m, sd = vals.mean(0), vals.std(0)
+            label = {"byol": "BYOL", "orl": "ORL (Stage 3 after Stage 1 + mining)"}[arm]
+            ax.plot(steps, m, color=colours[arm], label=label)
+            ax.fill_between(steps, m - sd, m + sd, color=colours[arm], alpha=0.2)
+        end1 = results[0]["stage1"][-1][0]
+        ax.axvline(end1, color="k", ls=":", lw=1)
+        ax.set_xlabel("optimiser steps (dotted: end of Stage 1)")
+        ax.set_ylabel(f"object probe, {metric} balanced accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{title}: mean and std over {len(results)} seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
+    def fmt(s: dict) -> str:
+        return f"{s['mean']:.1f} ± {s['std']:.1f}"
+
+    names = {"random init": "random init (as initialised)",
+             "random init, BN re-estimated": "random init, BN statistics of the training views",
+             "stage1": "BYOL, Stage 1 only (E1)",
+             "byol": "BYOL (E1 + E3)", "orl": "ORL (E1 + mining + E3)"}
+    lines = [header, "", "| weights | object kNN (%) | object linear (%) | effective rank |",
+             "|---|---:|---:|---:|"]
+    for name in ("random init", "random init, BN re-estimated", "stage1", *arms):
+        t = table[name]
+        lines.append(f"| {names[name]} | {fmt(t['knn'])} | {fmt(t['linear'])} | "
+                     f"{t['effective_rank']['mean']:.0f} |")
+    if "purity" in table:
+        head = "| mining with | pair purity | random pairs of kept boxes | kept boxes on objects |"
+        lines += ["", head, "|---|---:|---:|---:|"]
+        for key, name in (("purity", "trained Stage 1"),
+                          ("purity_random_init", "random-init Stage 1")):
+            t = table[key]
+            lines.append(f"| {name} | {t['pair_purity']['mean']:.3f} ± "
+                         f"{t['pair_purity']['std']:.3f} | {t['random_pair_purity']['mean']:.3f} "
+                         f"| {t['box_gt_match']['mean']:.3f} |")
+    if "voc07" in table:
+        lines += ["", "| weights | VOC07 SVM mAP (%) |", "|---|---:|"]
+        lines += [f"| {names.get(k, k)} | {fmt(v)} |" for k, v in table["voc07"].items()]
+    return "\n".join(lines) + "\n"
+
+
+CANDIDATES = {  # select: name -> recipe changes (Stage 1 only, seed 0, validation probe)
+    "base": {},
+    "lr 0.2": {"base_lr": 0.2},
+    "crop 96": {"crop": 96, "patch": 48},
+    "small stem, crop 32": {"stem": "small", "crop": 32, "patch": 16},
+    "no blur scaling": {"extra": ["aug.blur_reference_size=0"]},
+    "tau 0.996": {"tau": 0.996},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["world", "real", "select"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--images", type=int, default=2000, help="world: generated training scenes")
+    ap.add_argument("--probe-scenes", type=int, default=600)
+    for name, value in vars(Recipe()).items():
+        if name != "extra":
+            ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    ap.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
+                    help="further config overrides for every stage")
+    args = ap.parse_args()
+    recipe = Recipe(**{k: getattr(args, k) for k in vars(Recipe()) if k != "extra"},
+                    extra=args.overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    ec = load_config("paper", [f"eval.device={recipe.device}", "eval.knn.k=20",
+                               "eval.linear.epochs=100", "eval.batch_size=256"]).eval
+    t0 = time.time()
+
+    if args.mode == "select":
+        shards, instances = world_data(out, args.images)
+        data = {"shards": shards, "instances": instances,
+                "objects": world_probe(VALIDATION_SEED, args.probe_scenes, recipe.crop)}
+        rows = {}
+        for name, change in CANDIDATES.items():
+            cand = Recipe(**{**vars(recipe), **change})
+            if cand.crop != recipe.crop:
+                data = {**data, "objects": world_probe(VALIDATION_SEED, args.probe_scenes,
+                                                       cand.crop)}
+            t = time.time()
+            r = run_seed("world", cand, data, out / name.replace(" ", "_").replace(",", ""),
+                         0, ec, arms=())
+            rows[name] = {"random": r["random"], "stage1": r["stage1"][-1][1],
+                          "seconds": round(time.time() - t, 1)}
+            print(f"[select] {name:24s} kNN {rows[name]['stage1']['knn']:5.1f} (random "
+                  f"{r['random']['knn']:5.1f})  linear {rows[name]['stage1']['linear']:5.1f} "
+                  f"(random {r['random']['linear']:5.1f})  {rows[name]['seconds']:.0f} s",
+                  flush=True)
+        (out / "select.json").write_text(json.dumps({**machine(), "recipe": vars(recipe),
+                                                     "candidates": rows}, indent=1))
+        return
+
+    if args.mode == "world":
+        shards, instances = world_data(out, args.images)
+        data = {"shards": shards, "instances": instances,
+                "objects": world_probe(TEST_SEED, args.probe_scenes, recipe.crop)}
+        title = f"generated world, {args.images} scenes"
+    else:
+        data = real_data(out, recipe.crop)
+        title = f"coco-mini + voc07, {data['pretrain_images']} images"
+    arms = ("byol", "orl")
+    results = []
+    for seed in args.seeds:
+        r = run_seed(args.mode, recipe, data, out, seed, ec, arms)
+        results.append(r)
+        print(f"[learning] seed {seed}: random kNN {r['random']['knn']:.1f} | stage1 "
+              f"{r['stage1'][-1][1]['knn']:.1f} | BYOL {r['byol'][-1][1]['knn']:.1f} | ORL "
+              f"{r['orl'][-1][1]['knn']:.1f}  ({r['seconds']['total']:.0f} s)", flush=True)
+    table = summarise(results, arms)
+    m = machine()
+    header = (f"{title}; {m['date']}, {m['machine']}, torch {m['torch']}; recipe "
+              f"{recipe.backbone} ({recipe.stem} stem), {recipe.crop} px views / {recipe.patch} "
+              f"px patches, batch {recipe.batch}, base lr {recipe.base_lr}, E1 {recipe.e1}, E3 "
+              f"{recipe.e3}; seeds {args.seeds}; {time.time() - t0:.0f} s in all")
+    md = markdown(table, arms, header)
+    (out / "results.json").write_text(json.dumps({**m, "mode": args.mode, "recipe": vars(recipe),
+                                                  "seconds": round(time.time() - t0, 1),
+                                                  "summary": table, "seeds": results}, indent=1))
+    (out / "results.md").write_text(md)
+    plot(results, arms, out / "learning.png", title)
+    print(md)
+    print(f"plot: {out / 'learning.png'}")
+
+
+if __name__ == "__main__":
+    main()

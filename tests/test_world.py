@@ -1,0 +1,177 @@
+"""The generated world (category = shape + texture, never colour), the object-level probe, the
+collapse monitors, the small-input stem and the blur that scales with the crop size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation import backbones, objects
+from loaders.augment import blur_kernel
+from loaders.orl_samples import draw_photometric
+from loaders.synthetic import CATEGORIES, KINDS, make_scene, write_scenes
+from orl_fast.core.config import load_config
+from orl_fast.core.defaults import AugmentConfig
+from orl_fast.core.models import (
+    BYOL,
+    build_backbone,
+    effective_rank,
+    monitors,
+    online_target_distance,
+)
+
+
+def test_scenes_are_pure_functions_of_the_seed_and_several_objects_each():
+    a, objs_a = make_scene(7)
+    b, objs_b = make_scene(7)
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and objs_a == objs_b
+    counts = [len(make_scene(i)[1]) for i in range(60)]
+    assert min(counts) >= 1 and np.mean(counts) > 2.5
+    assert len({k[0] for k in KINDS.values()}) == len({k[1] for k in KINDS.values()}) == 8
+
+
+def test_write_scenes_coco_ground_truth(tmp_path):
+    images = write_scenes(str(tmp_path / "w"), 6, seed=3)
+    coco = json.loads((tmp_path / "w" / "instances.json").read_text())
+    assert len(coco["images"]) == 6 and [c["name"] for c in coco["categories"]] == list(CATEGORIES)
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 160 and y + h <= 120 and min(w, h) >= 8
+    assert len(list((tmp_path / "w" / "images").iterdir())) == 6 and images.endswith("images")
+
+
+def test_colour_does_not_give_the_category_away():
+    """Nearest class mean of an object's mean colour is near chance (1/8); of its grey-level
+    texture (the log power spectrum of the grey crop: colour and texture phase removed) it is
+    far above chance."""
+    objs = objects.from_scenes(11, 240, 32)
+    train, test = objects.split(objs, per_class=60, seed=0)
+
+    def nearest_mean(f_train, f_test) -> float:
+        means = np.stack([f_train[train.labels == c].mean(0) for c in range(len(train.classes))])
+        pred = ((f_test[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+        return float((pred == test.labels).mean())
+
+    def colour(o):
+        return o.crops.float().mean((2, 3)).numpy()
+
+    def grey_texture(o):
+        g = o.crops.float().mean(1)
+        g = (g - g.mean((1, 2), keepdim=True)) / (g.std((1, 2), keepdim=True) + 1e-6)
+        return torch.log1p(torch.fft.fft2(g).abs()).flatten(1).numpy()
+
+    assert nearest_mean(colour(train), colour(test)) < 0.2
+    assert nearest_mean(grey_texture(train), grey_texture(test)) > 0.6
+
+
+def test_object_split_is_by_image_and_per_class_balanced():
+    objs = objects.from_scenes(12, 200, 24)
+    train, test = objects.split(objs, per_class=20, seed=0)
+    assert not set(train.images) & set(test.images)
+    assert set(train.counts().values()) == set(test.counts().values()) == {20}
+    assert train.crops.shape[1:] == (3, 24, 24) and train.crops.dtype == torch.uint8
+    a, b = objects.split(objs, per_class=20, seed=0)
+    assert torch.equal(a.crops, train.crops) and np.array_equal(b.labels, test.labels)
+    # fixed test images (the real-data protocol leaves them out of pre-training)
+    _, test_ids = objects.split_images(objs.images, 0.5, seed=4)
+    _, fixed = objects.split(objs, per_class=20, seed=0, test_images=test_ids)
+    assert set(fixed.images) <= set(test_ids.tolist())
+
+
+def test_object_crops_from_coco_file(tmp_path):
+    write_scenes(str(tmp_path / "w"), 4, seed=5)
+    objs = objects.from_coco(str(tmp_path / "w" / "instances.json"), 32, min_side=10)
+    coco = json.loads((tmp_path / "w" / "instances.json").read_text())
+    big = [a for a in coco["annotations"] if min(a["bbox"][2:]) >= 10]
+    assert len(objs) == len(big) and objs.crops.shape[1:] == (3, 32, 32)
+    assert objs.classes == CATEGORIES
+
+
+def test_balanced_accuracy_and_effective_rank_hand_computed():
+    scores = np.array([[1, 0], [0, 1], [1, 0], [1, 0]])
+    labels = np.array([0, 0, 1, 1])  # class 0: 1 of 2 right, class 1: 0 of 2
+    assert objects.balanced_accuracy(scores, labels, 2) == pytest.approx(25.0)
+    line = torch.arange(10.0)[:, None] * torch.tensor([[1.0, 2.0, 3.0]])
+    assert effective_rank(line).item() == pytest.approx(1.0, abs=1e-6)
+    square = torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1]])  # two equal singular values
+    assert effective_rank(square).item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_object_probe_is_deterministic_and_reports_both_probes():
+    objs = objects.from_scenes(13, 60, 32)
+    train, test = objects.split(objs, per_class=8, min_per_class=3, seed=0)
+    ec = load_config("paper", ["eval.device=cpu", "eval.knn.k=5", "eval.linear.epochs=3"]).eval
+    w = backbones.random_init("resnet18", 0)
+    a, b = objects.evaluate(w, train, test, ec), objects.evaluate(w, train, test, ec)
+    assert a == b
+    assert 0 <= a["knn"] <= 100 and 0 <= a["linear"] <= 100 and a["feature_dim"] == 512
+    assert 1 <= a["effective_rank"] <= len(test)
+
+
+def test_monitors_collapse_and_drift():
+    f = torch.randn(32, 16)
+    healthy = monitors(f, torch.randn(32, 8))
+    collapsed = monitors(f[:1].expand(32, 16) + 0, torch.ones(32, 8))
+    assert healthy["proj_std"].item() == pytest.approx(1 / 8 ** 0.5, rel=0.25)
+    assert collapsed["proj_std"].item() == pytest.approx(0.0, abs=1e-6)
+    model = BYOL(load_config("small", ["model.proj_hidden_dim=16", "model.proj_dim=8",
+                                       "model.pred_hidden_dim=16"]).model)
+    assert online_target_distance(model) == 0.0
+    with torch.no_grad():
+        next(model.online.parameters()).add_(1.0)
+    assert online_target_distance(model) > 0
+    _, metrics = model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), diagnostics=True)
+    assert {"loss_image", "proj_std", "feature_rank"} <= set(metrics)
+    assert set(model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))[1]) == {"loss_image"}
+
+
+def test_small_input_stem(tmp_path):
+    net, dim = build_backbone("resnet18", "small")
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, torch.nn.Identity) and dim == 512
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    cfg = load_config("small", ["model.stem=small"])
+    model = BYOL(cfg.model)
+    from orl_fast.core import checkpoint
+
+    checkpoint.save(str(tmp_path), 1, {"stage": "stage1", "config": cfg.to_dict(),
+                                       "model": model.state_dict()}, keep_last=1)
+    w = backbones.load(str(tmp_path))
+    assert w.stem == "small" and w.build().conv1.kernel_size == (3, 3)
+    assert w.digest != backbones.random_init("resnet18", 0).digest
+    with pytest.raises(ValueError, match="stem"):
+        from evaluation import export
+
+        export.export(w, "detectron2", str(tmp_path / "x.pkl"))
+
+
+def test_blur_scales_with_the_crop_size():
+    paper = AugmentConfig()
+    assert paper.blur_sigma_px == (0.1, 2.0) and blur_kernel(paper) == 13
+    small = AugmentConfig(crop_size=64)
+    assert small.blur_sigma_px == pytest.approx((0.1 * 64 / 224, 2.0 * 64 / 224))
+    assert blur_kernel(small) == 5  # +-3 sigma of 0.571 px
+    fixed = AugmentConfig(crop_size=64, blur_reference_size=0)
+    assert fixed.blur_sigma_px == (0.1, 2.0) and blur_kernel(fixed) == 13
+    sigma = draw_photometric(np.random.default_rng(0), small, np.zeros(500, np.int64)).sigma
+    assert sigma.max() <= 2.0 * 64 / 224 + 1e-6 and sigma.min() >= 0.1 * 64 / 224 - 1e-6
+
+
+def test_recalibrated_batchnorm_statistics():
+    w = backbones.random_init("resnet18", 0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    r = backbones.recalibrate_bn(w, images, batch_size=20)  # equal batches: exact mean
+    assert torch.equal(r.state_dict["conv1.weight"], w.state_dict["conv1.weight"])
+    assert float(w.state_dict["bn1.running_var"].sum()) == 64.0  # as initialised: the identity
+    assert not torch.equal(r.state_dict["bn1.running_var"], w.state_dict["bn1.running_var"])
+    assert r.digest != w.digest and "BN re-estimated" in r.name
+    # bn1's running mean is the mean of its input over the images (equal batches)
+    net = w.build()
+    from loaders.augment import normalize
+    from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
+
+    x = net.conv1(normalize(images, IMAGENET_MEAN, IMAGENET_STD))
+    assert torch.allclose(r.state_dict["bn1.running_mean"], x.mean((0, 2, 3)), atol=1e-4)
