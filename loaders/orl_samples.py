@@ -11,14 +11,16 @@ resumed run sees the samples an uninterrupted one would.
 The six crops of a plan (rows of ``boxes``, xywh integers in the pixels of their source image):
 
     0, 1  global views v, v'     random resized crop of x (BYOL)          -> crop_size
-    2, 3  intra-RoI p, p'        a kept box of x, jittered                 -> patch_size
+    2, 3  intra-RoI p, p'        a kept box of x and its jitter            -> patch_size
     4     inter-RoI p1           the mined pair's box in x                 -> patch_size
     5     inter-RoI p2           the mined pair's box in the neighbour     -> patch_size
 
 Crops 0, 2, 4 use the view-1 augmentation probabilities and 1, 3, 5 the view-2 ones (the official
 ``patch_pipeline1`` / ``patch_pipeline2``). Fallbacks (the paper): an image without a kept box
-jitters the whole-image box; without a mined pair, p1 and p2 are both the whole image x. In the multi-crop
-ablation (``orl.patches=random``) crops 2-5 are random resized crops of x.
+uses the whole-image box; without a mined pair, p1 and p2 are both the whole image x. In the multi-crop
+ablation (``orl.patches=random``) crops 2-5 are random resized crops of x. As the official code,
+p is the kept box itself and p' a jitter of it that stays inside the image (``orl.jitter_both``
+and ``orl.jitter_outside=clip`` are the variants: both jittered, candidates clipped).
 """
 
 from __future__ import annotations
@@ -206,8 +208,9 @@ class SampleBuilder:
             box = (clip_box(kept[_pick(u_box, len(kept))], width, height)
                    if has_box else whole_image(width, height))
             jitter = [jitter_box(rng, box, width, height, o.jitter_shift, o.jitter_area,
-                                 o.jitter_aspect, o.jitter_min_iou, o.jitter_tries)
-                      for _ in range(2)]
+                                 o.jitter_aspect, o.jitter_min_iou, o.jitter_tries,
+                                 o.jitter_outside)
+                      for _ in range(2)]  # both drawn in every mode: the same draws follow
             boxes[2] = jitter[0] if o.jitter_both else box
             boxes[3] = jitter[1]
         return SamplePlan(key, neighbor, width, height, boxes, photo, has_pair, has_box)

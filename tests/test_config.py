@@ -50,7 +50,10 @@ def test_defaults_are_the_official_orl_values():
     assert r.jitter_shift == 0.5 and r.jitter_area == (0.5, 2.0) and r.jitter_aspect == (0.5, 2.0)
     assert r.jitter_min_iou == 0.5 and r.jitter_tries == 200 and r.init == "scratch"
     # the method itself: mined boxes and pairs, K and N as mined (Stage 2's K=10, N=10% above)
-    assert r.patches == "mined" and r.boxes == "mined" and r.jitter_both is True
+    assert r.patches == "mined" and r.boxes == "mined"
+    # p is a kept box, only p' is jittered (openselfsup/datasets/orl.py:112-113); a candidate
+    # outside the image is drawn again (orl.py:59)
+    assert r.jitter_both is False and r.jitter_outside == "reject"
     assert (r.knn_k, r.topn_frac) == (0, 0.0)
 
 

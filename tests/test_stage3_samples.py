@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.orl import random_pairs
+from support.orl import intra_pair_statistics, proposal_records, random_pairs
 from support.synthetic_pairs import write_pairs
 
 from loaders.orl_samples import SampleBuilder, draw_photometric, local_crops
@@ -20,11 +20,12 @@ from orl_fast.core.config import ConfigError, load_config
 PAPER = load_config("paper")
 
 
-def _jitter_many(box, width, height, n, min_iou=0.5, seed=0):
+def _jitter_many(box, width, height, n, min_iou=0.5, seed=0, outside="reject"):
     o = PAPER.orl
     rng = np.random.default_rng(seed)
     return np.stack([jitter_box(rng, box, width, height, o.jitter_shift, o.jitter_area,
-                                o.jitter_aspect, min_iou, o.jitter_tries) for _ in range(n)])
+                                o.jitter_aspect, min_iou, o.jitter_tries, outside)
+                     for _ in range(n)])
 
 
 def test_jitter_ranges_and_iou_away_from_borders():
@@ -59,15 +60,39 @@ def test_jitter_without_iou_spans_the_ranges():
     assert wide == pytest.approx(0.25, abs=0.03) and narrow == pytest.approx(0.25, abs=0.03)
 
 
-def test_jitter_near_borders_is_clipped_and_falls_back_to_the_box():
-    box = np.array([0, 0, 60, 40])  # in the corner of a 64 x 48 image: many draws leave it
+def test_jitter_near_borders_rejects_candidates_outside_the_image():
+    """Official ``aug_bbox`` (Jiahao000/ORL openselfsup/datasets/orl.py:59-67): a candidate is
+    kept only if it lies inside the image (x >= 0, y >= 0, x + w <= W, y + h <= H) and has IoU >
+    0.5 with the box; after 200 failed tries the box itself comes back."""
+    box = np.array([0, 0, 60, 40])  # in the corner of a 64 x 48 image: most draws leave it
     out = _jitter_many(box, 64, 48, 2000)
     assert (out[:, :2] >= 0).all() and (out[:, 0] + out[:, 2] <= 64).all()
     assert (out[:, 1] + out[:, 3] <= 48).all() and (out[:, 2:] >= 1).all()
     assert (box_iou(out, box) > 0.5).all()
+    moved = ~(out == box).all(1)
+    assert moved.mean() > 0.9  # rejected candidates are drawn again, not given up on
+    # every kept candidate is a whole draw: none was cut at the border (clipping would leave the
+    # far corner of many at exactly 64 / 48 while moving the near one)
+    assert len({tuple(b) for b in out[moved]}) > 100
     # no candidate can reach IoU > 0.99: the original box comes back
     impossible = _jitter_many(box, 64, 48, 20, min_iou=0.99)
     assert (impossible == box).all()
+    with pytest.raises(ValueError, match="outside"):
+        _jitter_many(box, 64, 48, 1, outside="wrap")
+
+
+def test_jitter_clip_variant_clips_to_the_image():
+    box = np.array([0, 0, 60, 40])
+    out = _jitter_many(box, 64, 48, 2000, outside="clip")
+    assert (out[:, :2] >= 0).all() and (out[:, 0] + out[:, 2] <= 64).all()
+    assert (out[:, 1] + out[:, 3] <= 48).all() and (out[:, 2:] >= 1).all()
+    assert (box_iou(out, box) > 0.5).all()
+    touching = (out[:, 0] == 0) | (out[:, 1] == 0) | (out[:, 0] + out[:, 2] == 64) | (
+        out[:, 1] + out[:, 3] == 48)
+    rejected = _jitter_many(box, 64, 48, 2000)
+    touching_rejected = (rejected[:, 0] == 0) | (rejected[:, 1] == 0) | (
+        rejected[:, 0] + rejected[:, 2] == 64) | (rejected[:, 1] + rejected[:, 3] == 48)
+    assert touching.mean() > touching_rejected.mean()
 
 
 def test_random_resized_crop_is_torchvision_like():
@@ -256,3 +281,48 @@ def test_multicrop_ablation_and_terms_off(coco_shards):
     assert local_crops(load_config("small", ["orl.loss_weights=[1,0,1]"]).orl.loss_weights) == (4, 5)
     with pytest.raises(ConfigError, match="^pairs"):
         SampleBuilder(load_config("small", [f"data={coco_shards}"]))
+
+
+@pytest.fixture(scope="module")
+def coco_proposal_pairs(coco_shards, tmp_path_factory) -> str:
+    """Pair shards whose kept boxes are the real proposals of the first 8 coco-mini images."""
+    pytest.importorskip("cv2.ximgproc", reason="needs OpenCV contrib (the mine extra)")
+    mined = str(tmp_path_factory.mktemp("proposals"))
+    write_pairs(mined, proposal_records(coco_shards, 8))
+    return mined
+
+
+def test_intra_pairs_follow_the_official_distribution(coco_shards, coco_proposal_pairs):
+    """The intra-RoI pairs of the default (paper) config have the distribution of the official
+    code on real selective-search boxes: p a kept box itself (orl.py:112, ``ibox1 =
+    random.choice(intra_box)``), p' its jitter (orl.py:113, ``ibox2 = aug_bbox(...)``),
+    candidates outside the image rejected (orl.py:59) and the box itself after 200 tries
+    (orl.py:67).
+
+    Reference figures: the official ``get_iou`` / ``aug_bbox`` (Jiahao000/ORL@2ad64f7
+    openselfsup/datasets/orl.py:19-67, run unchanged) on the same kept boxes (these 8 images,
+    20,000 draws): median IoU(p, p') 0.5665, no pair at IoU <= 0.5, 4.98% of p' touching the
+    border, 1.79% the box itself. Tolerances: about 3 standard errors of the 1,600 draws here
+    (standard errors: 0.55 points for a proportion near 5%, 0.33 near 2%, about 0.003 for the
+    median IoU; tolerances 2 points, 1 point and 0.01). The variant
+    of both jittered and clipped candidates (orl.jitter_both=true, orl.jitter_outside=clip)
+    gives the figures measured on the earlier default: about 46% of the pairs at IoU <= 0.5 and
+    about 62% of p' touching the border (official: none and 5%).
+    """
+    positions, epochs = range(8), 200
+
+    def stats(*overrides):
+        return intra_pair_statistics(
+            _builder(coco_shards, coco_proposal_pairs, "orl.loss_weights=[1,1,0]", *overrides),
+            positions, epochs)
+
+    official = stats()
+    assert official["pairs"] == 1600
+    assert official["frac_iou_le_half"] == 0.0
+    assert official["median_iou"] == pytest.approx(0.5665, abs=0.01)
+    assert official["frac_border"] == pytest.approx(0.0498, abs=0.02)
+    assert official["frac_fallback"] == pytest.approx(0.0179, abs=0.01)
+    variant = stats("orl.jitter_both=true", "orl.jitter_outside=clip")
+    assert 0.40 <= variant["frac_iou_le_half"] <= 0.52
+    assert 0.50 <= variant["frac_border"] <= 0.72
+    assert variant["median_iou"] < official["median_iou"] - 0.03

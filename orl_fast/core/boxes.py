@@ -47,27 +47,34 @@ def _log_uniform(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def jitter_box(rng: np.random.Generator, box, width: int, height: int, shift: float,
                area: tuple[float, float], aspect: tuple[float, float], min_iou: float,
-               tries: int) -> np.ndarray:
+               tries: int, outside: str = "reject") -> np.ndarray:
     """The intra-RoI box jitter of ORL: the first of ``tries`` candidates with IoU > ``min_iou``.
 
     A candidate moves the centre by up to ``shift`` x the width / height, scales the area by a
-    uniform factor in ``area`` and sets a log-uniform aspect ratio (w / h) in ``aspect``; it is
-    rounded to pixels and clipped to the image. When no candidate qualifies, the box itself is
+    uniform factor in ``area`` and sets a log-uniform aspect ratio (w / h) in ``aspect``; its
+    width and height are rounded to pixels, then its corner. ``outside`` says what happens to a
+    candidate that leaves the image: ``"reject"`` (the official code) drops it, ``"clip"`` clips
+    it to the image (and then tests its IoU). When no candidate qualifies, the box itself is
     returned (the official code). Always consumes ``tries`` x 4 draws.
     """
+    if outside not in ("reject", "clip"):
+        raise ValueError(f"outside: {outside!r} is not reject or clip")
     x, y, w, h = (float(v) for v in box)
     u = rng.random((tries, 4))
     new_area = (area[0] + u[:, 0] * (area[1] - area[0])) * w * h
     ratio = _log_uniform(u[:, 1], *aspect)
-    nw, nh = np.sqrt(new_area * ratio), np.sqrt(new_area / ratio)
-    cx = x + w / 2 + (2 * u[:, 2] - 1) * shift * w
-    cy = y + h / 2 + (2 * u[:, 3] - 1) * shift * h
-    x0 = np.clip(np.round(cx - nw / 2), 0, width)
-    x1 = np.clip(np.round(cx + nw / 2), 0, width)
-    y0 = np.clip(np.round(cy - nh / 2), 0, height)
-    y1 = np.clip(np.round(cy + nh / 2), 0, height)
+    nw, nh = np.round(np.sqrt(new_area * ratio)), np.round(np.sqrt(new_area / ratio))
+    x0 = np.round(x + w / 2 + (2 * u[:, 2] - 1) * shift * w - nw / 2)
+    y0 = np.round(y + h / 2 + (2 * u[:, 3] - 1) * shift * h - nh / 2)
+    x1, y1 = x0 + nw, y0 + nh
+    if outside == "reject":
+        inside = (x0 >= 0) & (y0 >= 0) & (x1 <= width) & (y1 <= height)
+    else:
+        x0, x1 = np.clip(x0, 0, width), np.clip(x1, 0, width)
+        y0, y1 = np.clip(y0, 0, height), np.clip(y1, 0, height)
+        inside = np.ones(tries, dtype=bool)
     candidates = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)
-    ok = (candidates[:, 2] >= 1) & (candidates[:, 3] >= 1)
+    ok = inside & (candidates[:, 2] >= 1) & (candidates[:, 3] >= 1)
     ok[ok] = box_iou(candidates[ok], (x, y, w, h))[:, 0] > min_iou
     if not ok.any():
         return np.asarray(box, dtype=np.int32)

@@ -277,15 +277,21 @@ class ORLConfig:
     # predictor and patches (Table 5a: (1, 1, 0) intra-RoI only, (1, 0, 1) inter-RoI only).
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     patch_size: int = 96
-    # Box jitter for intra-RoI patches.
+    # Box jitter for intra-RoI patches (official ORLDataset: shift (-0.5, 0.5), scale (0.5, 2),
+    # ratio (0.5, 2), iou_thr 0.5, attempt_num 200).
     jitter_shift: float = 0.5
     jitter_area: tuple[float, float] = (0.5, 2.0)
     jitter_aspect: tuple[float, float] = (0.5, 2.0)
     jitter_min_iou: float = 0.5
     jitter_tries: int = 200
-    # Both intra-RoI boxes are jittered (the paper); false: p is the kept box itself and only p' is
-    # jittered (the official code).
-    jitter_both: bool = True
+    # false (the official code): p is the kept box itself and only p' is jittered, so IoU(p, p')
+    # > jitter_min_iou always; true: both are jittered copies of the kept box (a variant: about
+    # 45% of the pairs then overlap by IoU <= 0.5).
+    jitter_both: bool = False
+    # A jitter candidate that leaves the image: "reject" (the official code: drawn again, the kept
+    # box itself after jitter_tries) or "clip" (clipped to the image: most jittered boxes of
+    # large proposals then touch the border).
+    jitter_outside: Literal["reject", "clip"] = "reject"
     init: Literal["scratch", "stage1"] = "scratch"
     # Patch source: "mined" boxes (ORL) or "random" resized crops of the image at random_scale,
     # no boxes (multi-crop BYOL, Table 5c: 2x224 + 4x96, same model and losses).

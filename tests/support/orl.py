@@ -64,3 +64,44 @@ def coded_dataset(root, width: int = 256, height: int = 192) -> tuple[str, str]:
     mined = str(root / "mined")
     write_pairs(mined, records)
     return shards, mined
+
+
+def proposal_records(shards: str, count: int) -> list[PairRecord]:
+    """Records of the first ``count`` images of ``shards`` whose kept boxes are Stage 2's real
+    proposals (selective search + the ORL filter, paper defaults, ``rand()`` seeded with the
+    position), with no neighbour: what the intra-RoI term of Stage 3 sees."""
+    from loaders.images import decode_array
+    from mining.proposals import propose
+    from orl_fast.core.defaults import MineConfig
+
+    index = ShardIndex(shards)
+    records = []
+    for pos in range(count):
+        key, data = index.data_at(pos)
+        image = decode_array(data)
+        kept, _, _ = propose(image, MineConfig(), pos)
+        records.append(PairRecord(key, image.shape[1], image.shape[0], boxes=kept))
+    return records
+
+
+def intra_pair_statistics(builder, positions: range, epochs: int) -> dict[str, float]:
+    """The intra-RoI pairs (p, p') a sample builder plans for ``positions`` over ``epochs``
+    epochs: the median IoU(p, p'), the fraction with IoU <= 0.5, the fraction of p' touching the
+    image border, and the fraction of p' that are a kept box itself (no candidate qualified)."""
+    from loaders.pairs import read_record
+    from orl_fast.core.boxes import box_iou
+
+    ious, border, fallback = [], [], []
+    for pos in positions:
+        for epoch in range(epochs):
+            plan = builder.plan(epoch, pos)
+            p, q = plan.boxes[2], plan.boxes[3]
+            ious.append(box_iou(p, q)[0, 0])
+            x, y, w, h = (int(v) for v in q)
+            border.append(x <= 0 or y <= 0 or x + w >= plan.width or y + h >= plan.height)
+            kept = read_record(builder.pairs, plan.key).boxes
+            fallback.append(bool((kept == q).all(axis=1).any()))
+    ious = np.asarray(ious)
+    return {"pairs": len(ious), "median_iou": float(np.median(ious)),
+            "frac_iou_le_half": float((ious <= 0.5).mean()),
+            "frac_border": float(np.mean(border)), "frac_fallback": float(np.mean(fallback))}
