@@ -76,6 +76,59 @@ def test_mlp_is_byol_shaped():
     assert (mlp[0].in_features, mlp[0].out_features, mlp[3].out_features) == (2048, 4096, 256)
 
 
+def _std_ratio(weight: torch.Tensor, fan: int) -> float:
+    """The std of ``weight`` over the kaiming-normal std for that fan, sqrt(2 / fan)."""
+    return weight.detach().double().std().item() / math.sqrt(2 / fan)
+
+
+def test_initialisation_is_the_official_one():
+    """The official ORL init (Jiahao000/ORL): the projector and the three predictors
+    ``init_weights(init_linear='kaiming')`` (openselfsup/models/orl.py:67,72-74), which is
+    ``kaiming_init(m, mode='fan_in', nonlinearity='relu')`` on every Linear / Conv2d and weight
+    1, bias 0 on every BatchNorm (openselfsup/models/necks.py:10-24); the ResNet's
+    ``init_weights(pretrained=None)``: every Conv2d ``kaiming_init(mode='fan_in')``, every
+    BatchNorm ``constant_init(1)``, zero_init_residual False (openselfsup/models/backbones/
+    resnet.py:386-402). mmcv's kaiming_init draws kaiming_normal_ (distribution 'normal') and
+    sets the bias to 0 (open-mmlab/mmcv mmcv/cnn/weight_init.py). The target is a copy of the
+    online network (orl.py:68-70). ``model.init=torchvision`` keeps torchvision's convolutions
+    (fan_out) and PyTorch's Linear default."""
+    from orl_fast.core.models import ORL
+
+    assert load_config("paper").model.init == "official"
+    torch.manual_seed(0)
+    cfg = load_config("small", ["model.proj_hidden_dim=512", "model.proj_dim=128",
+                                "model.pred_hidden_dim=512"]).model
+    model = ORL(cfg)
+    mlps = [model.online.projector, model.predictor, model.intra_predictor, model.inter_predictor]
+    for mlp in mlps:
+        for linear in (mlp[0], mlp[3]):
+            w = linear.weight
+            assert _std_ratio(w, w.shape[1]) == pytest.approx(1.0, abs=0.03)  # fan_in
+            assert abs(w.mean().item()) < 0.05 * w.std().item()
+            # normal, not uniform: the excess kurtosis of a normal is 0, of a uniform -1.2
+            z = (w.double() - w.double().mean()) / w.double().std()
+            assert (z ** 4).mean().item() - 3 == pytest.approx(0.0, abs=0.15)
+        assert (mlp[1].weight == 1).all() and (mlp[1].bias == 0).all()
+    net = model.online.backbone  # ResNet-18 (the small config)
+    # fan_in and fan_out differ where the channels change: 1x1 64 -> 128 and 3x3 64 -> 128
+    down, conv = net.layer2[0].downsample[0], net.layer2[0].conv1
+    assert _std_ratio(down.weight, 64) == pytest.approx(1.0, abs=0.06)
+    assert _std_ratio(conv.weight, 64 * 9) == pytest.approx(1.0, abs=0.03)
+    assert _std_ratio(net.conv1.weight, 3 * 7 * 7) == pytest.approx(1.0, abs=0.1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert (m.weight == 1).all() and (m.bias == 0).all()
+    assert all(torch.equal(o, t) for o, t in zip(model.online.state_dict().values(),
+                                                 model.target.state_dict().values()))
+
+    tv = ORL(load_config("small", ["model.init=torchvision", "model.proj_hidden_dim=512",
+                                   "model.proj_dim=128", "model.pred_hidden_dim=512"]).model)
+    net = tv.online.backbone
+    assert _std_ratio(net.layer2[0].conv1.weight, 128 * 9) == pytest.approx(1.0, abs=0.03)
+    w = tv.predictor[0].weight  # kaiming uniform with a = sqrt(5): std 1 / sqrt(3 fan_in)
+    assert w.std().item() == pytest.approx(1 / math.sqrt(3 * w.shape[1]), rel=0.03)
+
+
 def test_byol_gradients_flow_only_to_online_and_predictor():
     torch.manual_seed(0)
     cfg = load_config("small", ["model.proj_hidden_dim=32", "model.proj_dim=16",

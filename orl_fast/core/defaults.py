@@ -40,6 +40,11 @@ class ModelConfig:
     pred_hidden_dim: int = 4096
     # SyncBN when distributed (torch SyncBatchNorm on CUDA, a cross-rank BN on CPU/gloo).
     sync_bn: bool = True
+    # Initialisation. "official" (the official ORL / OpenSelfSup code): the ResNet's convolutions
+    # and the projector's / predictors' Linears kaiming normal with fan_in (std sqrt(2 / fan_in)),
+    # biases 0, norm layers weight 1 and bias 0. "torchvision": torchvision's ResNet init
+    # (convolutions fan_out) and PyTorch's Linear default (kaiming uniform, a = sqrt(5)).
+    init: Literal["official", "torchvision"] = "official"
 
     def validate(self, p: str) -> None:
         _positive(p, self, "proj_hidden_dim", "proj_dim", "pred_hidden_dim")

@@ -21,12 +21,31 @@ from orl_fast.core.losses import regression_loss
 IMAGE_ONLY = (1.0, 0.0, 0.0)
 
 
-def build_backbone(name: str, stem: str = "imagenet") -> tuple[nn.Module, int]:
+def official_init_(module: nn.Module) -> nn.Module:
+    """The official ORL (OpenSelfSup) initialisation, in place: every ``Linear`` and ``Conv2d``
+    kaiming-normal with fan_in and the ReLU gain (std sqrt(2 / fan_in)), biases 0; every norm
+    layer weight 1, bias 0 (the necks' ``init_weights(init_linear='kaiming')`` and the ResNet's
+    ``init_weights(pretrained=None)``, zero_init_residual off)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+    return module
+
+
+def build_backbone(name: str, stem: str = "imagenet",
+                   init: str = "torchvision") -> tuple[nn.Module, int]:
     """A torchvision ResNet with ``fc`` removed: images -> global-average-pooled features.
 
     ``stem="small"`` replaces the 7x7 stride-2 convolution and the max-pool by one 3x3 stride-1
-    convolution (the small-input stem of solo-learn and lightly), initialised as torchvision
-    initialises its convolutions (kaiming normal, fan_out)."""
+    convolution (the small-input stem of solo-learn and lightly). ``init``: "torchvision" keeps
+    torchvision's initialisation (convolutions kaiming normal with fan_out; the new stem too),
+    "official" re-initialises as the official ORL ResNet (:func:`official_init_`: fan_in)."""
     net = getattr(torchvision.models, name)(weights=None)
     if stem == "small":
         net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
@@ -36,22 +55,32 @@ def build_backbone(name: str, stem: str = "imagenet") -> tuple[nn.Module, int]:
         raise ValueError(f"unknown stem {stem!r} (imagenet or small)")
     dim = net.fc.in_features
     net.fc = nn.Identity()
+    if init == "official":
+        official_init_(net)
+    elif init != "torchvision":
+        raise ValueError(f"unknown init {init!r} (official or torchvision)")
     return net, dim
 
 
 class MLP(nn.Sequential):
     """BYOL MLP: Linear(in, hidden) -> BN -> ReLU -> Linear(hidden, out).
 
-    No biases, as the official ORL neck (OpenSelfSup NonLinearNeckSimCLR, with_bias=False).
-    """
+    No biases, as the official ORL neck (OpenSelfSup NonLinearNeckSimCLR, with_bias=False; its
+    first Linear keeps a bias, which the BatchNorm after it cancels exactly, so it is left out).
+    ``init``: "official" (:func:`official_init_`, the necks' ``init_linear='kaiming'``) or
+    "torchvision" (PyTorch's defaults)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, init: str = "official"):
         super().__init__(
             nn.Linear(in_dim, hidden_dim, bias=False),
             nn.BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim, bias=False),
         )
+        if init == "official":
+            official_init_(self)
+        elif init != "torchvision":
+            raise ValueError(f"unknown init {init!r} (official or torchvision)")
 
 
 class Encoder(nn.Module):
@@ -59,8 +88,8 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.backbone, self.feat_dim = build_backbone(cfg.backbone, cfg.stem)
-        self.projector = MLP(self.feat_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.backbone, self.feat_dim = build_backbone(cfg.backbone, cfg.stem, cfg.init)
+        self.projector = MLP(self.feat_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))
@@ -110,7 +139,7 @@ class BYOL(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.online = Encoder(cfg)
-        self.predictor = MLP(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+        self.predictor = MLP(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim, cfg.init)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
 
@@ -159,9 +188,9 @@ class ORL(BYOL):
         super().__init__(cfg)  # online, target and the image predictor
         self.loss_weights = tuple(float(w) for w in loss_weights)
         w_image, w_intra, w_inter = self.loss_weights
-        self.intra_predictor = (MLP(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+        self.intra_predictor = (MLP(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim, cfg.init)
                                 if w_intra > 0 else None)
-        self.inter_predictor = (MLP(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+        self.inter_predictor = (MLP(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim, cfg.init)
                                 if w_inter > 0 else None)
         if w_image == 0:
             self.predictor = None
