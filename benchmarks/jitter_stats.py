@@ -44,9 +44,12 @@ MODES = {
 def official_statistics(path: str, records, draws: int) -> dict:
     """The official ``aug_bbox`` on the records' kept boxes, ``draws`` pairs per image."""
     namespace = {"math": math, "random": random}
-    for node in ast.parse(open(path).read()).body:
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name in ("get_iou", "aug_bbox"):
-            exec(compile(ast.Module([node], []), path, "exec"), namespace)
+            # the reference measurement runs the official functions themselves, on request
+            exec(compile(ast.Module([node], []), path, "exec"), namespace)  # noqa: S102
 
     class Image:  # what aug_bbox reads of a PIL image
         def __init__(self, w, h):

@@ -222,13 +222,16 @@ def probe(w, objs: tuple[objects.Objects, objects.Objects], ec) -> dict:
 
 def voc07_svm(ckpt: str, recipe: Recipe, out: Path) -> float:
     """VOC07 SVM mAP (11-point, %) of a checkpoint at the training resolution on voc07's
-    held-out half (seed 0: the half pre-training never sees)."""
+    held-out half (seed 0: the half pre-training never sees). Centre crops, global pooling and
+    difficult images ignored, as this protocol has always been measured (the Goyal pooling
+    needs 224 px inputs)."""
     resize = round(recipe.crop * 256 / 224)
     cfg = load_config("paper", [f"ckpt={ckpt}", f"eval.resize={resize}",
                                 f"eval.crop={recipe.crop}", f"eval.device={recipe.device}",
-                                "eval.num_workers=2"])
+                                "eval.num_workers=2", "eval.view=center_crop",
+                                "eval.pooling=global", "eval.svm.difficult=ignore"])
     rep = classification.run("voc07", cfg, str(VOC07), "train", None, str(out), progress=False)
-    return float(rep["results"]["checkpoint"]["layers"]["res5"]["mAP"])
+    return float(rep["results"]["checkpoint"]["layers"]["res5"]["mAP_11point"])
 
 
 # ----------------------------------------------------------------------------- protocol

@@ -72,7 +72,8 @@ def run(task: str, cfg: Config, data: str, train: str, test: str | None, out: st
                 f"{layer} {_headline(task, r)}" for layer, r in layers.items()))
     rep = {
         "task": task, "protocol": protocol(ec),
-        "features": {"resize": ec.resize, "crop": ec.crop, "layers": list(ec.layers),
+        "features": {"resize": ec.resize, "crop": ec.crop, "view": ec.view,
+                     "layers": list(ec.layers),
                      "pooling": ec.pooling, "precision": ec.precision,
                      "normalisation": "ImageNet mean/std"},
         "dataset": {"split": split, "train": train_set.summary(), "test": test_set.summary()},
@@ -88,7 +89,7 @@ def run(task: str, cfg: Config, data: str, train: str, test: str | None, out: st
 def _headline(task: str, r: dict) -> str:
     if task == "lowshot":
         return " ".join(f"n={n}: {report.fmt(v['mAP_mean'])}" for n, v in r["shots"].items())
-    s = f"mAP {report.fmt(r['mAP'])}"
+    s = f"mAP {report.fmt(r['mAP'])} (11-point {report.fmt(r['mAP_11point'])})"
     return s + (f", top-1 {report.fmt(r['top1'])}" if "top1" in r else "")
 
 
@@ -98,18 +99,22 @@ def markdown(rep: dict) -> str:
     lines = [f"# {rep['protocol']['task']}\n", f"{data['split']}.\n",
              (f"Train: {data['train']['images']} images, test: {data['test']['images']} images; "
               f"features {feats['layers']} ({feats['pooling']} pooling, resize {feats['resize']}, "
-              f"crop {feats['crop']}).\n")]
+              f"{_view(feats)}).\n")]
     if task == "lowshot":
         shots = [str(n) for n in rep["protocol"]["shots"]]
-        rows = [[name, layer] + [f"{report.fmt(r['shots'][n]['mAP_mean'])} ± "
-                                 f"{report.fmt(r['shots'][n]['mAP_std'])}" for n in shots]
-                for name, res in results.items() for layer, r in res["layers"].items()]
-        lines.append(report.table(["weights", "layer"] + [f"n={n}" for n in shots], rows))
+        for metric, title in (("mAP", "mAP (area under the PR curve)"),
+                              ("mAP_11point", "mAP (VOC07 11-point)")):
+            rows = [[name, layer] + [f"{report.fmt(r['shots'][n][metric + '_mean'])} ± "
+                                     f"{report.fmt(r['shots'][n][metric + '_std'])}"
+                                     for n in shots]
+                    for name, res in results.items() for layer, r in res["layers"].items()]
+            lines.append(f"{title}, mean ± std over samples:\n")
+            lines.append(report.table(["weights", "layer"] + [f"n={n}" for n in shots], rows))
     else:
         single = any("top1" in r for res in results.values() for r in res["layers"].values())
-        headers = ["weights", "layer", "mAP (11-point)", "mAP (area)"] + (["top-1"] if single
+        headers = ["weights", "layer", "mAP (area)", "mAP (11-point)"] + (["top-1"] if single
                                                                           else [])
-        rows = [[name, layer, report.fmt(r["mAP"]), report.fmt(r["mAP_area"])]
+        rows = [[name, layer, report.fmt(r["mAP"]), report.fmt(r["mAP_11point"])]
                 + ([report.fmt(r.get("top1"))] if single else [])
                 for name, res in results.items() for layer, r in res["layers"].items()]
         lines.append(report.table(headers, rows))
@@ -119,8 +124,14 @@ def markdown(rep: dict) -> str:
             classes = rep["dataset"]["train"]["classes"]
             rows = [[c] + [report.fmt(results[n]["layers"][layer]["AP"][c]) for n in names]
                     for c in classes]
-            lines.append(f"\nPer-class AP ({layer}):\n")
+            lines.append(f"\nPer-class AP (area, {layer}):\n")
             lines.append(report.table(["class"] + names, rows))
     lines.append("".join(f"- {name}: {res['weights']['source']} ({res['weights']['arch']})\n"
                          for name, res in results.items()))
     return "\n".join(lines)
+
+
+def _view(feats: dict) -> str:
+    if feats.get("view", "center_crop") == "resize":
+        return f"squashed to {feats['crop']}x{feats['crop']}"
+    return f"centre crop {feats['crop']}"

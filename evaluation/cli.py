@@ -15,7 +15,8 @@ from orl_fast.core import storage
 from orl_fast.core.config import ConfigError, load_config
 
 CLASSIFICATION = {
-    "voc07": "VOC07 linear SVMs (cost by cross-validation), 11-point AP per class and mAP",
+    "voc07": "VOC07 linear SVMs (cost by cross-validation): AP per class and mAP (area under "
+             "the PR curve; 11-point beside it)",
     "lowshot": "VOC07 low-shot SVMs: n positives per class, seeded samples, mean/std mAP",
     "knn": "weighted kNN on frozen features: per-class AP, mAP (top-1 on single-label sets)",
     "linear": "linear probe on frozen features: per-class AP, mAP (top-1 on single-label sets)",

@@ -1,11 +1,13 @@
 """Frozen-backbone features for the classification evaluations, cached on disk.
 
-Each image: shorter side resized to ``eval.resize`` (bilinear, antialiased), centre crop
-``eval.crop``, ImageNet normalisation; the backbone in eval mode; res4 (``layer3``) and/or res5
-(``layer4``) activations pooled ("global": average over the map, 2048-d at res5 for ResNet-50;
-"goyal": the fixed average pooling of the Goyal et al. benchmark as run by OpenSelfSup / the ORL
-scripts, res4 kernel 8 stride 3 -> 9216-d, res5 kernel 6 stride 1 -> 8192-d). Features are stored
-raw (float32); the SVM and kNN L2-normalise them.
+Each image: shorter side resized to ``eval.resize`` (bilinear, antialiased), then
+``eval.view``: "resize" squashes it to ``eval.crop`` x ``eval.crop`` (the official ORL /
+OpenSelfSup extraction: Resize(256), Resize((224, 224))), "center_crop" cuts the centre
+``eval.crop`` square; ImageNet normalisation; the backbone in eval mode; res4 (``layer3``) and/or
+res5 (``layer4``) activations pooled ("goyal": the fixed average pooling of the Goyal et al.
+benchmark as OpenSelfSup's extraction runs it, res4 kernel 8 stride 3 -> 9216-d, res5 kernel 6
+stride 1 -> 8192-d for ResNet-50 at 224; "global": average over the map, 2048-d at res5). Features
+are stored raw (float32); the SVM and kNN L2-normalise them.
 
 The cache file is named by a hash of the weights' content digest, the image list (ids, file names
 and sizes) and every setting above, and written atomically: a rerun with the same inputs reads it.
@@ -46,18 +48,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-class CentreCropImages(Dataset):
-    """Image files -> uint8 CHW tensors: shorter side ``resize``, centre crop ``crop``."""
+class EvalImages(Dataset):
+    """Image files -> uint8 CHW tensors: shorter side ``resize``, then squashed to ``crop`` x
+    ``crop`` (``view="resize"``) or its centre ``crop`` square cut (``view="center_crop"``)."""
 
-    def __init__(self, paths: tuple[str, ...] | list[str], resize: int, crop: int):
-        self.paths, self.resize, self.crop = list(paths), resize, crop
+    def __init__(self, paths: tuple[str, ...] | list[str], resize: int, crop: int,
+                 view: str = "resize"):
+        if view not in ("resize", "center_crop"):
+            raise ValueError(f"view: {view!r} is not resize or center_crop")
+        self.paths, self.resize, self.crop, self.view = list(paths), resize, crop, view
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = open_rgb(storage.read_bytes(self.paths[i]))
-        img = TF.center_crop(TF.resize(img, self.resize), self.crop)
+        img = TF.resize(open_rgb(storage.read_bytes(self.paths[i])), self.resize)
+        img = (TF.resize(img, [self.crop, self.crop]) if self.view == "resize"
+               else TF.center_crop(img, self.crop))
         return TF.pil_to_tensor(img)
 
 
@@ -88,6 +95,10 @@ class PooledFeatures(nn.Module):
         if self.pooling == "global":
             return x.mean((2, 3))
         kernel, stride = GOYAL_POOLING[name]
+        if min(x.shape[2:]) < kernel:
+            raise ValueError(f"eval.pooling=goyal: the {name} map is {x.shape[2]}x{x.shape[3]}, "
+                             f"smaller than its {kernel}x{kernel} pooling (made for 224 px "
+                             "inputs): raise eval.crop or set eval.pooling=global")
         return nn.functional.avg_pool2d(x, kernel, stride)
 
 
@@ -100,7 +111,7 @@ def extract(weights: Weights, paths: tuple[str, ...] | list[str], cfg: EvalConfi
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    loader = DataLoader(CentreCropImages(paths, cfg.resize, cfg.crop), batch_size=cfg.batch_size,
+    loader = DataLoader(EvalImages(paths, cfg.resize, cfg.crop, cfg.view), batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, pin_memory=cuda,
                         persistent_workers=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
@@ -125,7 +136,7 @@ def cache_key(weights: Weights, ids: tuple[str, ...], paths: tuple[str, ...],
     cuda = resolve_device(cfg.device).type == "cuda"
     settings = {
         "weights": weights.digest, "images": h.hexdigest(), "resize": cfg.resize,
-        "crop": cfg.crop, "layers": sorted(cfg.layers), "pooling": cfg.pooling,
+        "crop": cfg.crop, "view": cfg.view, "layers": sorted(cfg.layers), "pooling": cfg.pooling,
         "precision": cfg.precision if cuda else "fp32",
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]

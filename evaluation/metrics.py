@@ -3,10 +3,11 @@
 Labels use VOC's encoding: 1 positive, -1 negative, 0 difficult (ignored: neither a true nor a
 false positive, as in VOCevalcls.m). Two interpolations:
 
+- ``area_ap``: the area under the monotone precision envelope at every recall step (VOC2010+;
+  what the official ORL / Goyal et al. benchmark scripts compute, ``svm_helper.calculate_ap``):
+  the headline ``mAP`` / ``AP`` of every report.
 - ``voc07_ap``: the VOC2007 11-point AP, mean over t in {0, 0.1, ..., 1} of the highest precision
-  at recall >= t (the number the VOC07 SVM benchmark reports).
-- ``area_ap``: the area under the monotone precision envelope at every recall step (VOC2010+; what
-  the Goyal et al. / OpenSelfSup ``svm_helper.calculate_ap`` computes), reported beside it.
+  at recall >= t, reported beside it as ``mAP_11point`` / ``AP_11point``.
 """
 
 from __future__ import annotations
@@ -56,17 +57,17 @@ def area_ap(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def classification_metrics(scores: np.ndarray, labels: np.ndarray,
                            classes: tuple[str, ...] | list[str]) -> dict:
-    """Per-class AP (11-point and area) and their means over classes with a positive; top-1
-    accuracy too when every image has exactly one present class."""
-    ap11 = [voc07_ap(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
+    """Per-class AP (area, the headline, and 11-point) and their means over classes with a
+    positive; top-1 accuracy too when every image has exactly one present class."""
     apa = [area_ap(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
+    ap11 = [voc07_ap(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
     out = {
-        "mAP": _nanmean(ap11) * 100,
-        "mAP_area": _nanmean(apa) * 100,
-        "AP": {c: round(a * 100, 4) for c, a in zip(classes, ap11)},
-        "AP_area": {c: round(a * 100, 4) for c, a in zip(classes, apa)},
+        "mAP": _nanmean(apa) * 100,
+        "mAP_11point": _nanmean(ap11) * 100,
+        "AP": {c: round(a * 100, 4) for c, a in zip(classes, apa)},
+        "AP_11point": {c: round(a * 100, 4) for c, a in zip(classes, ap11)},
     }
-    missing = [c for c, a in zip(classes, ap11) if np.isnan(a)]
+    missing = [c for c, a in zip(classes, apa) if np.isnan(a)]
     if missing:
         out["classes_without_positives"] = missing
     if ((labels == 1).sum(1) == 1).all():

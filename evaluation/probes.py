@@ -9,7 +9,7 @@
   SGD, batch 256, lr 0.01 x batch / 256, momentum 0.9, weight decay 1e-4, lr x 0.1 at 1/4, 2/4
   and 3/4 of the epochs; softmax cross-entropy on single-label sets, per-class logistic loss on
   multi-label sets (difficult labels masked out). No augmentation: the features are the cached
-  centre crops.
+  evaluation views (``eval.view``, ``eval.pooling``).
 """
 
 from __future__ import annotations
@@ -111,16 +111,19 @@ def knn_protocol(cfg: EvalConfig) -> dict:
     return {"task": "weighted kNN on frozen features", "k": cfg.knn.k,
             "temperature": cfg.knn.temperature,
             "vote": "sum of exp(cos / T) over the k nearest training images, per present class",
-            "metric": "per-class 11-point AP and mAP; top-1 accuracy on single-label sets"}
+            "metric": "per-class AP and mAP (area under the PR curve; 11-point beside it); "
+                      "top-1 accuracy on single-label sets"}
 
 
 def linear_protocol(cfg: EvalConfig) -> dict:
     lc = cfg.linear
-    return {"task": "linear probe on frozen features (cached centre crops, no augmentation)",
+    return {"task": "linear probe on frozen features (the cached evaluation views, no "
+                    "augmentation)",
             "features": "standardised with the training set's mean and std",
             "optimiser": f"SGD lr {lc.lr} x batch/256, momentum {lc.momentum}, weight decay "
                          f"{lc.weight_decay}, batch {lc.batch_size}, {lc.epochs} epochs, lr x 0.1 "
                          "at 1/4, 2/4, 3/4 of the epochs",
             "loss": "softmax cross-entropy (single-label) / masked per-class logistic "
                     "(multi-label)", "seed": cfg.seed,
-            "metric": "per-class 11-point AP and mAP; top-1 accuracy on single-label sets"}
+            "metric": "per-class AP and mAP (area under the PR curve; 11-point beside it); "
+                      "top-1 accuracy on single-label sets"}

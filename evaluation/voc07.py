@@ -1,13 +1,13 @@
 """VOC07 linear SVM classification (Goyal et al. 2019 benchmark, as run by the released ORL
 scripts): one-vs-rest LinearSVC per class on L2-normalised frozen features, the cost chosen per
-class by k-fold cross-validated AP on the training set, difficult images ignored in training and
-test, VOC07 11-point AP per class and mAP on the test set.
+class by k-fold cross-validated AP on the training set, difficult images negatives in training
+(``eval.svm.difficult``; ``ignore`` leaves them out) and ignored at test, AP per class and mAP on
+the test set: the area under the PR curve (the scripts' ``calculate_ap``) with the VOC07 11-point
+AP beside it.
 
 LinearSVC settings are those of ``train_svm_kfold.py``: squared hinge, L2 penalty, dual, tol 1e-4,
 ``class_weight={1: 2, -1: 1}``, intercept scaling 1, max_iter 2000; cross-validation is
 scikit-learn's ``cross_val_score(cv=folds, scoring="average_precision")`` (stratified, unshuffled).
-(The Goyal et al. code trains on difficult images as negatives; here they are ignored, as the
-VOC07 protocol of the paper's tables does.)
 """
 
 from __future__ import annotations
@@ -53,9 +53,14 @@ def cross_validated_ap(x: np.ndarray, y: np.ndarray, cost: float, cfg: SVMConfig
 
 def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig, seed: int = 0) -> dict:
     """One class: cost by cross-validation over ``cfg.costs`` (ties: the smaller cost), refit on
-    all non-difficult training images. ``labels`` is the class column (1 / 0 ignored / -1)."""
-    keep = labels != 0
-    x, y = x[keep], labels[keep].astype(np.int32)
+    the training images. ``labels`` is the class column (1 / 0 difficult / -1); difficult images
+    are negatives (``cfg.difficult="negative"``, the official scripts: train_svm_kfold.py turns
+    every label other than 1 into -1) or left out (``"ignore"``)."""
+    if cfg.difficult == "negative":
+        y = np.where(labels == 1, 1, -1).astype(np.int32)
+    else:
+        keep = labels != 0
+        x, y = x[keep], labels[keep].astype(np.int32)
     n_pos = int((y == 1).sum())
     if n_pos < cfg.folds or int((y == -1).sum()) < cfg.folds:
         raise ValueError(f"{n_pos} positives and {int((y == -1).sum())} negatives: "
@@ -96,9 +101,11 @@ def protocol(cfg: EvalConfig) -> dict:
                "L2-normalised features",
         "cost_selection": f"{cfg.svm.folds}-fold cross-validated AP on the training set, per class",
         "costs": sorted(cfg.svm.costs),
-        "difficult": "ignored in training and test",
-        "metric": "VOC07 11-point AP per class, mAP over classes (mAP_area: area under the "
-                  "interpolated PR curve, as the Goyal et al. code computes, for comparison)",
+        "difficult": ("negatives in training" if cfg.svm.difficult == "negative"
+                      else "ignored in training") + ", ignored at test",
+        "metric": "AP per class = area under the interpolated PR curve (the official scripts' "
+                  "calculate_ap), mAP over classes; AP_11point / mAP_11point: the VOC07 "
+                  "11-point AP beside it",
     }
 
 

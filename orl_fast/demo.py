@@ -107,11 +107,13 @@ def train_stage3(shards: str, mined: str, out: str, stage1_ckpt: str = "",
 def evaluate(ckpt: str, instances_json: str, out: str, progress: bool = True) -> dict:
     """The demo's last step: kNN and linear-probe classification of the generated scenes
     (image-level labels from their COCO ground truth, seeded half held out) with a checkpoint
-    and with random initialisation. Small inputs (resize 128, crop 112), CPU-friendly.
+    and with random initialisation. Small inputs (resize 128, squashed to 112 x 112, res5
+    global pooling: the Goyal pooling needs 224 px inputs), CPU-friendly.
 
     Returns ``{"knn": report, "linear": report}`` (also written to ``OUT/knn|linear.json|md``).
     """
     cfg = load_config("paper", [f"ckpt={ckpt}", "eval.resize=128", "eval.crop=112",
-                                "eval.num_workers=0", "eval.knn.k=20", "eval.linear.epochs=100"])
+                                "eval.pooling=global", "eval.num_workers=0", "eval.knn.k=20",
+                                "eval.linear.epochs=100"])
     return {task: classification.run(task, cfg, "", instances_json, None, out, progress)
             for task in ("knn", "linear")}

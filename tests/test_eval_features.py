@@ -26,8 +26,9 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def fast_eval(*overrides: str):
-    return load_config("paper", ["eval.resize=64", "eval.crop=56", "eval.num_workers=0",
-                                 "eval.device=cpu", "eval.batch_size=16", *overrides]).eval
+    return load_config("paper", ["eval.resize=64", "eval.crop=56", "eval.pooling=global",
+                                 "eval.num_workers=0", "eval.device=cpu", "eval.batch_size=16",
+                                 *overrides]).eval
 
 
 def test_load_checkpoint_weights_and_baseline(tiny_ckpt):
@@ -76,6 +77,34 @@ def test_pooled_features_match_the_backbone_and_goyal_dimensions():
     assert g["res4"].shape == (2, 256 * 9) and g["res5"].shape == (2, 512 * 4)
 
 
+def test_goyal_pooling_needs_maps_as_large_as_its_kernel():
+    net, _ = build_backbone("resnet18")
+    with torch.no_grad(), pytest.raises(ValueError, match="eval.pooling=goyal.*res5 map is 2x2"):
+        PooledFeatures(net.eval(), ("res5",), "goyal")(torch.randn(1, 3, 56, 56))
+
+
+def test_eval_views_squash_or_crop(tmp_path):
+    """view=resize (the official extraction, benchmarks/extract_info/voc07.py:16-17:
+    Resize(256) then Resize((224, 224))) keeps the whole image, squashed; center_crop cuts the
+    sides of a wide image."""
+    from PIL import Image
+
+    from evaluation.features import EvalImages
+
+    img = np.full((200, 400, 3), 128, np.uint8)
+    img[:, :40] = (255, 0, 0)  # a red band on the left tenth
+    Image.fromarray(img).save(tmp_path / "wide.png")
+    paths = [str(tmp_path / "wide.png")]
+    squashed = EvalImages(paths, 256, 224, "resize")[0]
+    cropped = EvalImages(paths, 256, 224, "center_crop")[0]
+    assert squashed.shape == cropped.shape == (3, 224, 224)
+    red = (squashed[0] > 200) & (squashed[1] < 50)
+    assert red[:, :20].all() and not red[:, 25:].any()  # a tenth of 224 columns
+    assert not ((cropped[0] > 200) & (cropped[1] < 50)).any()
+    with pytest.raises(ValueError, match="view"):
+        EvalImages(paths, 256, 224, "pad")
+
+
 def test_features_are_cached_by_weights_images_and_settings(shared_data, tiny_ckpt, tmp_path):
     ds = datasets.load(str(shared_data / "voc07"), "train")
     ids, paths = ds.ids[:6], ds.paths[:6]
@@ -97,6 +126,8 @@ def test_features_are_cached_by_weights_images_and_settings(shared_data, tiny_ck
     assert cached_features(w, ids[:5], paths[:5], ec, str(tmp_path))[1]["cache"] != info["cache"]
     other = fast_eval("eval.layers=[res4,res5]", "eval.crop=48")
     assert cached_features(w, ids, paths, other, str(tmp_path))[1]["cache"] != info["cache"]
+    crop = fast_eval("eval.layers=[res4,res5]", "eval.view=center_crop")
+    assert cached_features(w, ids, paths, crop, str(tmp_path))[1]["cache"] != info["cache"]
 
 
 def test_knn_votes_of_the_nearest_neighbours():
@@ -128,7 +159,8 @@ def test_classification_run_writes_reports_for_checkpoint_and_random_init(scene_
                                                                           tiny_ckpt, tmp_path):
     _, instances = scene_shards
     cfg = load_config("paper", [f"ckpt={tiny_ckpt[0]}", "eval.resize=64", "eval.crop=56",
-                                "eval.num_workers=0", "eval.device=cpu", "eval.knn.k=5",
+                                "eval.pooling=global", "eval.num_workers=0", "eval.device=cpu",
+                                "eval.knn.k=5",
                                 "eval.svm.costs=[0.1,1.0]"])
     rep = classification.run("knn", cfg, "", instances, None, str(tmp_path), progress=False)
     assert list(rep["results"]) == ["checkpoint", "random init"]
@@ -146,7 +178,7 @@ def test_classification_run_writes_reports_for_checkpoint_and_random_init(scene_
     assert all(r["features"]["train"]["cached"] for r in rep2["results"].values())
     assert set(rep2["results"]["checkpoint"]["layers"]["res5"]["cost"].values()) <= {0.1, 1.0}
     low = load_config("paper", [f"ckpt={tiny_ckpt[0]}", "eval.resize=64", "eval.crop=56",
-                                "eval.device=cpu", "eval.svm.costs=[1.0]",
+                                "eval.pooling=global", "eval.device=cpu", "eval.svm.costs=[1.0]",
                                 "eval.lowshot.shots=[1,2]", "eval.lowshot.samples=2"])
     rep3 = classification.run("lowshot", low, "", instances, None, str(tmp_path), progress=False)
     shots = rep3["results"]["random init"]["layers"]["res5"]["shots"]
@@ -159,8 +191,8 @@ def test_cli_eval_linear_on_a_coco_split(scene_shards, tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(orl_fast_cmd(
         "eval", "linear", "--ckpt", tiny_ckpt[0], "--train", instances, "--out", str(out),
-        "--quiet", "eval.resize=64", "eval.crop=56", "eval.num_workers=0", "eval.device=cpu",
-        "eval.linear.epochs=5"), env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        "--quiet", "eval.resize=64", "eval.crop=56", "eval.pooling=global", "eval.num_workers=0",
+        "eval.device=cpu", "eval.linear.epochs=5"), env=subprocess_env(), capture_output=True, text=True, timeout=300,
         check=False)
     assert proc.returncode == 0, proc.stderr
     assert "| checkpoint | res5 |" in proc.stdout

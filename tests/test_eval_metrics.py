@@ -57,14 +57,32 @@ def test_voc07_ap_counts_a_recall_of_exactly_three_tenths():
     assert voc07_ap(scores, labels) == pytest.approx((4 + 7 * 10 / 17) / 11)
 
 
+def test_area_ap_is_the_official_calculate_ap():
+    """The official benchmark's AP (Jiahao000/ORL benchmarks/svm_tools/svm_helper.py:68-116,
+    ``get_precision_recall`` + ``calculate_ap``): precision and recall down the ranking, recall
+    framed by 0 and 1 and precision by 0 and 0, the precision made non-increasing from the right,
+    then the sum over the recall steps of (step width x precision). Worked by hand here: ranking
+    +, +, -, +, -, - with 3 positives -> recall 1/3, 2/3, 2/3, 1, 1, 1 at precision 1, 1, 2/3,
+    3/4, 3/5, 1/2; envelope 1, 1, 3/4, 3/4, ...; AP = 1/3 + 1/3 + 1/3 x 3/4."""
+    scores = np.array([6, 5, 4, 3, 2, 1.0])
+    labels = np.array([1, 1, -1, 1, -1, -1])
+    assert area_ap(scores, labels) == pytest.approx(1 / 3 + 1 / 3 + 0.25)
+    # test_svm.py:114-117: difficult images (label -1 there, 0 here) are left out at test
+    assert area_ap(np.append(scores, 9.0), np.append(labels, 0)) == pytest.approx(0.9166666)
+
+
 def test_classification_metrics_mean_and_top1():
+    """The headline mAP / AP is the area under the PR curve (the official scripts); the VOC07
+    11-point AP is beside it as mAP_11point / AP_11point."""
     labels = np.array([[1, -1], [-1, 1], [1, -1], [-1, 1]])
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
     m = classification_metrics(scores, labels, ("a", "b"))
     assert m["top1"] == pytest.approx(75.0)
-    # Both classes rank +, -, +, -: 11-point AP (6 + 5 x 2/3) / 11.
-    assert m["AP"]["a"] == m["AP"]["b"] == pytest.approx(100 * (6 + 10 / 3) / 11, abs=1e-4)
-    assert m["mAP"] == pytest.approx(100 * (6 + 10 / 3) / 11)
+    # Both classes rank +, -, +, -: area AP 1/2 + 1/2 x 2/3; 11-point AP (6 + 5 x 2/3) / 11.
+    assert m["AP"]["a"] == m["AP"]["b"] == pytest.approx(100 * (0.5 + 1 / 3), abs=1e-4)
+    assert m["mAP"] == pytest.approx(100 * (0.5 + 1 / 3))
+    assert m["AP_11point"]["a"] == pytest.approx(100 * (6 + 10 / 3) / 11, abs=1e-4)
+    assert m["mAP_11point"] == pytest.approx(100 * (6 + 10 / 3) / 11)
     # A class without a positive in the test set is left out of the mean and named.
     labels3 = np.concatenate([labels, -np.ones((4, 1), int)], axis=1)
     m3 = classification_metrics(np.concatenate([scores, scores[:, :1]], 1), labels3,
@@ -79,7 +97,15 @@ def test_eval_config_defaults_are_the_papers_protocol():
     1x Mask R-CNN R50-FPN schedule (configs/Base-RCNN-FPN.yaml) as the paper's Table 4 uses, and
     the paper's supplementary for the linear probe."""
     ec = Config().eval
-    assert (ec.resize, ec.crop, ec.layers, ec.pooling) == (256, 224, ("res5",), "global")
+    # benchmarks/extract_info/voc07.py:16-17: Resize(256) then Resize((224, 224)), squashed;
+    # tools/extract.py:23 pool_type='specified' and openselfsup/models/utils/multi_pooling.py:13
+    # feat5 = AvgPool2d(kernel 6, stride 1) over res5 (8192-d); eval_svm_full.sh:6 feat5
+    assert (ec.resize, ec.crop, ec.view, ec.layers, ec.pooling) == (
+        256, 224, "resize", ("res5",), "goyal")
+    # train_svm_kfold.py:87-91 (train_svm_kfold_parallel.py:53-54): labels 0 (absent) -> -1 on
+    # targets where difficult is already -1 (tools/prepare_data/create_voc_data_files.py:93-98):
+    # difficult images are negatives in training
+    assert ec.svm.difficult == "negative"
     assert ec.svm.costs == ORL_SVM_COSTS and len(ec.svm.costs) == 19
     assert {1.0, 10.0, 100.0, 0.5 ** 4, 0.5 ** 19} <= set(ec.svm.costs)
     assert (ec.svm.folds, ec.svm.pos_weight) == (3, 2.0)

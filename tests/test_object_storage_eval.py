@@ -28,8 +28,8 @@ from orl_fast.core.config import load_config
 from orl_fast.core.runlog import RunLog
 from orl_fast.training import stage1
 
-FAST_EVAL = ["eval.resize=64", "eval.crop=56", "eval.num_workers=0", "eval.device=cpu",
-             "eval.jobs=1"]
+FAST_EVAL = ["eval.resize=64", "eval.crop=56", "eval.pooling=global", "eval.num_workers=0",
+             "eval.device=cpu", "eval.jobs=1"]
 CLASSES = ("person", "car", "dog")
 
 

@@ -349,6 +349,9 @@ class SVMConfig:
     # LinearSVC(class_weight={1: pos_weight, -1: 1}, squared hinge, dual, tol 1e-4).
     pos_weight: float = 2.0
     max_iter: int = 2000
+    # Difficult training images: "negative" (the official train_svm_kfold.py: every label other
+    # than present is -1) or "ignore" (left out). At test they are always ignored.
+    difficult: Literal["negative", "ignore"] = "negative"
 
     def validate(self, p: str) -> None:
         _positive(p, self, "pos_weight", "max_iter")
@@ -458,14 +461,18 @@ class DetectionConfig:
 class EvalConfig:
     """Evaluation (paper Section 4 and supplementary)."""
 
-    # Frozen-backbone features: shorter side resized to ``resize``, centre crop ``crop``; pooled
-    # res5 (and optionally res4) activations. "global": average pool (res5 2048-d for ResNet-50);
-    # "goyal": the fixed pooling of the Goyal et al. benchmark / OpenSelfSup (res4 9216-d,
-    # res5 8192-d). Features are cached on disk by weights, images and these settings.
+    # Frozen-backbone features: shorter side resized to ``resize``, then (view) "resize": squashed
+    # to crop x crop (the official extraction, benchmarks/extract_info/voc07.py: Resize(256),
+    # Resize((224, 224))) or "center_crop": the centre crop x crop square; pooled res5 (and
+    # optionally res4) activations. "goyal" (the official feat4 / feat5: OpenSelfSup's
+    # MultiPooling 'specified', res4 AvgPool2d(8, stride 3) 9216-d, res5 AvgPool2d(6, stride 1)
+    # 8192-d for ResNet-50 at 224; it needs res5 maps of at least 6x6, crops >= 192 px) or
+    # "global": average pool (res5 2048-d). Features are cached by weights, images and settings.
     resize: int = 256
     crop: int = 224
+    view: Literal["resize", "center_crop"] = "resize"
     layers: tuple[Literal["res4", "res5"], ...] = ("res5",)
-    pooling: Literal["global", "goyal"] = "global"
+    pooling: Literal["global", "goyal"] = "goyal"
     batch_size: int = 64
     num_workers: int = 4
     precision: Literal["fp32", "bf16"] = "fp32"
