@@ -13,21 +13,20 @@ image x and of its neighbour (read by key through the shard index) and the sampl
    ``orl.neighbor_decode=roi``, from ``fn.decoders.image_slice`` (decoder-side ROI decoding of that
    one region);
 4. stacks the views (and the patches) of a sample as frames and applies the photometric
-   augmentation with per-frame arguments: ColorJitter's brightness, contrast and saturation in
-   the drawn order as torchvision blends them (four slots of one arithmetic blend each, the
-   unused ones at identity), then the hue shift with the grayscale conversion (``fn.hsv``),
-   Gaussian blur (per-frame sigma; window 1 = off) and solarise (``x ^ 255`` above the
-   threshold);
+   augmentation with per-frame arguments: ColorJitter in the drawn order, as torchvision
+   computes it (four slots, each one arithmetic blend for brightness, contrast or saturation
+   and torchvision's HSV hue shift written in DALI arithmetic, the operations a slot does not
+   hold at identity), then the grayscale conversion (torchvision's luma weights), Gaussian
+   blur (per-frame sigma; window 1 = off) and solarise (``x ^ 255`` above the threshold);
 5. hands uint8 tensors ``[B, F, 3, H, W]`` (channels-last strides) to torch through
    ``DALIGenericIterator``.
 
 All randomness comes from the plan, so batches are a pure function of (seed, step), as on the
 torch path: resuming a run reproduces its samples. ``device_id=None`` runs the same graph on DALI's
 CPU backend (tests, machines without a GPU). All of this matches the torch path
-(:mod:`loaders.orl_torch`, torchvision) within uint8 rounding except the hue shift: DALI rotates
-colours about the grey axis keeping each pixel's grey level, torchvision shifts the HSV hue keeping
-its largest channel; the hue moves the same way by about as much, the pixel values differ (a few
-levels on average at the paper's hue 0.1).
+(:mod:`loaders.orl_torch`, torchvision) within uint8 rounding, the hue shift and the grey levels
+included (DALI's own ``fn.hsv`` rotates the hue about the grey axis and its grey conversion
+weighs the channels 0.299 / 0.587 / 0.114, not as torchvision: neither is used).
 """
 
 from __future__ import annotations
@@ -124,17 +123,19 @@ class ORLSource:
                      group: str) -> dict[str, np.ndarray]:
         p, idx = plan.photo, list(crops)
         # Slot k of frame f applies operation order[f, k]: blend[k, :, f] = (a, b, c) of that
-        # blend (see build_pipeline), identity (1, 0, 0) for the hue slot and without jitter.
+        # blend (see build_pipeline), identity (1, 0, 0) for the hue slot and without jitter;
+        # hue[k, :, f] = (shift in turns, 1) in the hue slot, (0, 0) elsewhere.
         blend = np.zeros((4, 3, len(idx), 1, 1, 1), dtype=np.float32)
         blend[:, 0] = 1.0
-        hue = np.zeros(len(idx), dtype=np.float32)  # degrees
+        hue = np.zeros((4, 2, len(idx), 1, 1, 1), dtype=np.float32)
         for f, c in enumerate(idx):
             if not p.jitter[c]:
                 continue
-            hue[f] = 360.0 * p.factors[c, 3]
             for k, op in enumerate(p.order[c]):
                 factor = float(p.factors[c, op])
-                if op < 3:
+                if op == 3:
+                    hue[k, 0, f], hue[k, 1, f] = factor, 1.0
+                else:
                     blend[k, 0, f] = factor
                 if op == 1:    # contrast: towards the mean grey level
                     blend[k, 2, f] = 1.0 - factor
@@ -144,17 +145,63 @@ class ORLSource:
         return {
             f"{group}_blend": blend,
             f"{group}_hue": hue,
-            f"{group}_gray": np.where(p.gray[idx], 0.0, 1.0).astype(np.float32),
+            f"{group}_gray": p.gray[idx].astype(np.float32).reshape(-1, 1, 1, 1),
             f"{group}_sigma": sigma,
             f"{group}_window": np.where(sigma > 0, self.kernel, 1).astype(np.int32),
             f"{group}_solar": (p.solarize[idx] * 255).astype(np.uint8).reshape(-1, 1, 1, 1),
         }
 
 
+def grey_level(x):
+    """torchvision's grey level of uint8 FHWC frames (float, [F, H, W, 1]): 0.2989 R + 0.587 G +
+    0.114 B, in DALI arithmetic (a graph node; call inside a DALI pipeline definition)."""
+    return (x[:, :, :, 0:1] * 0.2989 + x[:, :, :, 1:2] * 0.587) + x[:, :, :, 2:3] * 0.114
+
+
+def adjust_hue(x, shift, on):
+    """torchvision's ``adjust_hue`` of uint8 FHWC frames (its v2 kernel: x / 255 -> HSV, the hue
+    shifted by ``shift`` turns modulo 1, -> RGB, x 255.999 truncated) in DALI arithmetic where
+    ``on`` is 1 (``shift``: [F, 1, 1], ``on``: [F, 1, 1, 1]), the frame itself where it is 0. The
+    same float32 steps in the same order: torchvision's output but for rare rounding ties (a
+    graph node; call inside a DALI pipeline definition)."""
+    import nvidia.dali.math as dmath
+    from nvidia.dali import fn, types
+
+    f = x * (1.0 / 255.0)
+    r, g, b = f[:, :, :, 0], f[:, :, :, 1], f[:, :, :, 2]
+    v = dmath.max(dmath.max(r, g), b)
+    chroma = v - dmath.min(dmath.min(r, g), b)
+    flat = fn.cast(chroma == 0.0, dtype=types.FLOAT)  # a grey pixel: torchvision divides by 1
+    sat = chroma / (v + flat * (1.0 - v))
+    divisor = chroma + flat * (1.0 - chroma)
+    rc, gc, bc = (v - r) / divisor, (v - g) / divisor, (v - b) / divisor
+    at_r = fn.cast(v == r, dtype=types.FLOAT)
+    at_g = fn.cast(v == g, dtype=types.FLOAT) * (1.0 - at_r)
+    at_b = (1.0 - at_r) * (1.0 - at_g)
+    h = ((bc - gc) * at_r + ((rc + 2.0) - bc) * at_g + ((gc + 4.0) - rc) * at_b) * (
+        1.0 / 6.0) + 1.0
+    h = h - dmath.floor(h) + shift
+    h6 = (h - dmath.floor(h)) * 6.0
+    sector = dmath.floor(h6)
+    frac = h6 - sector
+    sector = sector - 6.0 * fn.cast(sector >= 6.0, dtype=types.FLOAT)
+    one_minus_s = 1.0 - sat
+    q = dmath.clamp((1.0 - sat * frac) * v, 0.0, 1.0)
+    t = dmath.clamp((sat * frac + one_minus_s) * v, 0.0, 1.0)
+    p = dmath.clamp(one_minus_s * v, 0.0, 1.0)
+    at = [fn.cast(sector == float(k), dtype=types.FLOAT) for k in range(6)]
+    rgb = fn.stack(v * (at[0] + at[5]) + q * at[1] + p * (at[2] + at[3]) + t * at[4],
+                   t * at[0] + v * (at[1] + at[2]) + q * at[3] + p * (at[4] + at[5]),
+                   p * (at[0] + at[1]) + t * at[2] + v * (at[3] + at[4]) + q * at[5],
+                   axis=3)
+    return fn.cast(x + on * (dmath.floor(rgb * 255.999) - x), dtype=types.UINT8)
+
+
 def build_pipeline(source: ORLSource, batch_size: int, device_id: int | None, num_threads: int,
                    py_workers: int, prefetch: int, seed: int = 0):
     """The DALI pipeline of :class:`ORLSource` samples (``device_id=None``: CPU backend)."""
     dali = import_dali()
+    import nvidia.dali.math as dmath
     from nvidia.dali import fn, types
 
     cfg = source.builder.cfg
@@ -171,19 +218,19 @@ def build_pipeline(source: ORLSource, batch_size: int, device_id: int | None, nu
         (brightness: a = factor; contrast: a = factor, c = 1 - factor; saturation: a = factor,
         b = 1 - factor; hue or nothing: a = 1), truncated to uint8 like torchvision (a
         saturating cast of y - 0.5)."""
-        grey = fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY)
+        grey = grey_level(x)
         mean = fn.reductions.mean(grey, axis_names="HWC", keep_dims=True, dtype=types.FLOAT)
         y = blend[0] * x + (blend[1] * grey + (blend[2] * mean - 0.5))
         return fn.cast(y, dtype=types.UINT8)
 
     def augment(frames, d: dict, group: str):
-        blend = d[f"{group}_blend"]
+        blend, hue = d[f"{group}_blend"], d[f"{group}_hue"]
         for k in range(4):
-            frames = blend_slot(frames, blend[k])
-        # DALI's hue rotation keeps the grey level of every pixel and commutes with the blends,
-        # so it is applied once here, with the grayscale conversion (saturation 0).
-        frames = fn.hsv(frames, hue=fn.per_frame(d[f"{group}_hue"]),
-                        saturation=fn.per_frame(d[f"{group}_gray"]))
+            # the shift broadcasts over (frame, y, x) planes, the switch over FHWC frames
+            frames = adjust_hue(blend_slot(frames, blend[k]), hue[k, 0, :, :, :, 0], hue[k, 1])
+        gray = d[f"{group}_gray"]  # 1: the frame turns grey (torchvision truncates the level)
+        frames = fn.cast(frames + gray * (dmath.floor(grey_level(frames)) - frames),
+                         dtype=types.UINT8)
         frames = fn.gaussian_blur(frames, sigma=fn.per_frame(d[f"{group}_sigma"]),
                                   window_size=fn.per_frame(d[f"{group}_window"]))
         return frames ^ (fn.cast(frames >= threshold, dtype=types.UINT8) * d[f"{group}_solar"])

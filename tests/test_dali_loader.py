@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from support.orl import coded_dataset, expected_patch, random_pairs
 
 from loaders.dali_loader import DALIBatches, import_dali
@@ -81,55 +80,66 @@ def test_patches_cut_the_intended_boxes_on_both_paths(coded):
 
 
 def test_photometric_parity_with_torchvision(coco_shards, coco_pairs):
-    """Flip, brightness / contrast / saturation in the drawn order, grayscale, blur and solarise
-    on real images match torchvision within uint8 rounding."""
-    builder = SampleBuilder(_config(coco_shards, coco_pairs, "aug.color_jitter=[0.4,0.4,0.2,0]",
-                                    "aug.color_jitter_p=1", "aug.grayscale_p=0.3",
-                                    "aug.blur_p=[1,0.5]", "aug.solarize_p=[0.5,0.5]"))
+    """The paper's augmentation, hue included, on real images: flip, ColorJitter (brightness,
+    contrast, saturation, hue) in the drawn order, grayscale, blur and solarise, within one grey
+    level per frame of torchvision's (mean absolute difference).
+
+    Measured on coco-mini (benchmarks/dali_parity.py, 224 / 96 px, 192 frames): the hue done by
+    DALI's ``fn.hsv`` after the blends (and its grey conversion) gave 3.36 levels per frame on
+    average, p95 10.9, max 27.1; torchvision's hue in its slot of the drawn order (and
+    torchvision's grey levels) gives 0.23, p95 0.44, max 0.63 (0.22 with the hue off; the crops
+    alone differ by 0.20: DALI's and torchvision's antialiased resize)."""
+    builder = SampleBuilder(_config(coco_shards, coco_pairs, "aug.color_jitter_p=1",
+                                    "aug.grayscale_p=0.3", "aug.blur_p=[1,0.5]",
+                                    "aug.solarize_p=[0.5,0.5]"))
+    assert builder.cfg.aug.color_jitter == (0.4, 0.4, 0.2, 0.1)  # the paper's, hue 0.1
     sampler = StepBatchSampler(len(builder), 4, 0, 1, 0, 0, 2)
+    errs = []
     for t, d in zip(_torch_batches(builder, sampler), _dali_batches(builder, sampler)):
         for gt, gd in zip(t, d):
             assert gt.shape == gd.shape and gd.dtype == torch.uint8
-            err = (gt.double() - gd.double()).abs().mean(dim=(2, 3, 4))
-            assert err.max() < 2.0, err
+            errs.append((gt.double() - gd.double()).abs().mean(dim=(2, 3, 4)).flatten())
+    errs = torch.cat(errs)
+    assert len(errs) == 2 * 4 * 6 and errs.max() < 1.0, errs
 
 
-def _hue_shift(image: torch.Tensor, reference: torch.Tensor) -> float:
-    """Saturation-weighted mean HSV hue change (in turns) from ``reference`` to ``image``."""
-    def hsv(x):
-        return np.asarray(Image.fromarray(x.permute(1, 2, 0).numpy()).convert("HSV"), np.float64)
+def test_adjust_hue_equals_torchvision():
+    """DALI's hue node is torchvision's ``adjust_hue`` (torchvision/transforms/v2/functional/
+    _color.py ``adjust_hue_image``, ``_rgb_to_hsv``, ``_hsv_to_rgb``) pixel for pixel: random
+    and grey pixels, shifts over the whole range [-0.5, 0.5]; a frame switched off is unchanged."""
+    import torchvision.transforms.v2.functional as F
 
-    a, r = hsv(image), hsv(reference)
-    dh = ((a[..., 0] - r[..., 0]) / 256 + 0.5) % 1 - 0.5
-    w = r[..., 1] * r[..., 2]
-    return float((dh * w).sum() / w.sum())
+    from loaders.dali_loader import adjust_hue
 
+    dali = import_dali()
+    from nvidia.dali import fn
 
-def test_hue_shift_agrees_with_torchvision(coco_shards, coco_pairs):
-    """DALI's hue shift rotates about the grey axis keeping luma, torchvision's shifts the HSV
-    hue keeping the max channel: the pixels differ, the hue moves the same way by about as much."""
-    hue_only = ["aug.grayscale_p=0", "aug.blur_p=[0,0]", "aug.solarize_p=[0,0]"]
-    sampler = StepBatchSampler(64, 4, 0, 1, 0, 0, 2)
-    builder = SampleBuilder(_config(coco_shards, coco_pairs, *hue_only, "aug.color_jitter_p=1",
-                                    "aug.color_jitter=[0,0,0,0.1]"))
-    plain = _torch_batches(SampleBuilder(_config(coco_shards, coco_pairs, *hue_only,
-                                                 "aug.color_jitter_p=0")), sampler)
-    torch_hue, dali_hue = _torch_batches(builder, sampler), _dali_batches(builder, sampler)
-    checked = 0
-    for step in range(2):
-        for i, item in enumerate(sampler.batch(step)):
-            plan = builder.plan(*item)
-            for frame, crop in enumerate(builder.crops):
-                g, f = (0, frame) if crop < 2 else (1, frame - 2)
-                h = float(plan.photo.factors[crop, 3])
-                ref = plain[step][g][i, f]
-                tv = _hue_shift(torch_hue[step][g][i, f], ref)
-                dl = _hue_shift(dali_hue[step][g][i, f], ref)
-                assert tv == pytest.approx(h, abs=0.01)
-                if abs(h) > 0.02:
-                    assert 0.5 * abs(tv) < abs(dl) < 1.5 * abs(tv) and dl * tv > 0, (h, tv, dl)
-                    checked += 1
-    assert checked > 20
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 4, 32, 40, 3), dtype=np.uint8)
+    frames[0, 0, :8] = 77  # grey pixels (no hue)
+    frames[1, 1, :, :10] = frames[1, 1, :, :10, :1]
+    shifts = rng.uniform(-0.5, 0.5, (2, 4)).astype(np.float32)
+    shifts[0, 1], shifts[1, 2] = 0.5, -0.5
+    on = np.ones((2, 4, 1, 1, 1), np.float32)
+    on[1, 3] = 0
+
+    @dali.pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe():
+        x = fn.external_source(source=[list(frames)], layout="FHWC", cycle=True)
+        shift = fn.external_source(source=[list(shifts.reshape(2, 4, 1, 1))], cycle=True)
+        switch = fn.external_source(source=[list(on)], cycle=True)
+        return adjust_hue(x, shift, switch)
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    for s in range(2):
+        got = np.array(out[s])
+        for f in range(4):
+            want = frames[s, f] if not on[s, f] else F.adjust_hue(
+                torch.from_numpy(frames[s, f]).permute(2, 0, 1), float(shifts[s, f])
+            ).permute(1, 2, 0).numpy()
+            assert np.array_equal(got[f], want), (s, f)
 
 
 def test_batches_are_a_pure_function_of_the_step(coco_shards, coco_pairs):

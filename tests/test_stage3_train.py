@@ -59,7 +59,8 @@ def test_orl_steps_checkpoint_and_logs(coco_shards, coco_pairs, tmp_path):
     logged = metrics(tmp_path)
     assert [m["step"] for m in logged] == [1, 2]
     for m in logged:
-        assert 0 < m["loss_image"] < 4 and 0 < m["loss_intra"] < 4 and 0 < m["loss_inter"] < 4
+        # each term is symmetric: two regression losses in [0, 4] (about 2 each at random init)
+        assert 0 < m["loss_image"] < 8 and 0 < m["loss_intra"] < 8 and 0 < m["loss_inter"] < 8
         assert m["loss"] == pytest.approx(m["loss_image"] + m["loss_intra"] + m["loss_inter"],
                                           abs=1e-4)
 
@@ -107,14 +108,14 @@ def test_kill_9_then_resume_equals_uninterrupted(coco_shards, coco_pairs, tmp_pa
 
 def test_dali_cpu_backend_in_the_trainer(coco_shards, coco_pairs, tmp_path):
     """orl.loader=dali on a CPU device: DALI's CPU backend feeds fit(), through the same
-    loader_fn / prepare wiring as the torch path, batches equal to the torch path's (hue jitter
-    off: DALI's hue shift approximates torchvision's)."""
-    cfg = _tiny(coco_shards, coco_pairs, tmp_path, "orl.loader=dali", "train.max_steps=2",
-                "aug.color_jitter=[0.4,0.4,0.2,0]")
+    loader_fn / prepare wiring as the torch path, batches equal to the torch path's (the
+    paper's augmentation, hue included: within one grey level)."""
+    cfg = _tiny(coco_shards, coco_pairs, tmp_path, "orl.loader=dali", "train.max_steps=2")
+    assert cfg.aug.color_jitter[3] == 0.1
     stage3.run(cfg)
     logged = metrics(tmp_path)
     assert [m["step"] for m in logged] == [1, 2]
-    assert all(0 < m[k] < 4 for m in logged for k in ("loss_image", "loss_intra", "loss_inter"))
+    assert all(0 < m[k] < 8 for m in logged for k in ("loss_image", "loss_intra", "loss_inter"))
 
     rt = init_runtime("cpu")
     builder = SampleBuilder(cfg)
@@ -126,8 +127,8 @@ def test_dali_cpu_backend_in_the_trainer(coco_shards, coco_pairs, tmp_path):
     flat = [(a["v1"], b["v1"]), (a["v2"], b["v2"]), *zip(a["intra"], b["intra"]),
             *zip(a["inter"], b["inter"])]
     assert len(flat) == 6
-    for x, y in flat:  # normalised inputs: 2 levels of 255 ~ 0.035 after / std
-        assert x.shape == y.shape and (x - y).abs().mean() < 0.035
+    for x, y in flat:  # normalised inputs: one level of 255 is 1 / (255 x std) >= 0.0171
+        assert x.shape == y.shape and (x - y).abs().mean() < 1 / (255 * 0.229)
 
 
 @pytest.mark.parametrize("overrides, terms", [
