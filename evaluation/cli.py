@@ -21,6 +21,13 @@ CLASSIFICATION = {
     "knn": "weighted kNN on frozen features: per-class AP, mAP (top-1 on single-label sets)",
     "linear": "linear probe on frozen features: per-class AP, mAP (top-1 on single-label sets)",
 }
+# Trained on augmented images on the one training loop (evaluation.finetune).
+FINETUNE = {
+    "semisup": "semi-supervised fine-tuning of all layers on 1% and 10% of the labels (paper "
+               "Table 3): top-1 / top-5 (mAP on multi-label sets)",
+    "linear-official": "the official linear protocol: frozen backbone, a linear head per layer, "
+                       "trained on augmented images: top-1 / top-5 (mAP) per layer",
+}
 DEFAULT_OUT = "orl-fast-eval"
 
 
@@ -50,6 +57,20 @@ def cmd_classification(args: argparse.Namespace) -> int:
                              progress=not args.quiet)
     print(storage.read_text(rep["files"]["markdown"]))
     print(f"report: {rep['files']['json']}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from evaluation import finetune
+
+    cfg = _config(args)
+    if not (args.data or args.train.endswith(".json")):
+        raise ConfigError("--data: required unless --train is a COCO .json file")
+    rep = finetune.run(args.task, cfg, args.data, args.train, args.test, args.out,
+                       progress=not args.quiet)
+    if rep:
+        print(storage.read_text(rep["files"]["markdown"]))
+        print(f"report: {rep['files']['json']}")
     return 0
 
 
@@ -108,7 +129,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """``eval`` (with one sub-command per protocol) and ``export``."""
     p = sub.add_parser("eval", help="evaluate a checkpoint (and the random-init baseline)")
     tasks = p.add_subparsers(dest="task", required=True)
-    for task, help_text in CLASSIFICATION.items():
+    for task, help_text in {**CLASSIFICATION, **FINETUNE}.items():
         t = tasks.add_parser(task, help=help_text, description=help_text)
         t.add_argument("--ckpt", help="orl-fast checkpoint (file or run dir), torchvision state "
                                       "dict, or 'random' (default: config ckpt)")
@@ -121,7 +142,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--out", default=DEFAULT_OUT, help="report directory (default: %(default)s)")
         t.add_argument("--quiet", action="store_true", help="no progress output")
         _add_common(t)
-        t.set_defaults(func=cmd_classification)
+        t.set_defaults(func=cmd_finetune if task in FINETUNE else cmd_classification)
 
     t = tasks.add_parser("detection", help="Mask R-CNN R50-FPN transfer (COCO-format data)")
     t.add_argument("--ckpt", help="orl-fast checkpoint, torchvision state dict, or 'random'")

@@ -38,8 +38,10 @@ from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
 
 # resK is the output of torchvision's layer{K-1}.
 STAGES = {"res4": 3, "res5": 4}
-# (kernel, stride) of the Goyal et al. / OpenSelfSup "specified" pooling for a 224 input.
-GOYAL_POOLING = {"res4": (8, 3), "res5": (6, 1)}
+# (kernel, stride, padding) of the Goyal et al. / OpenSelfSup "specified" pooling for a 224 input
+# (MultiPooling.POOL_PARAMS: ResNet-50 9216, 9216, 8192, 9216, 8192 dimensions).
+GOYAL_POOLING = {"conv1": (10, 10, 4), "res2": (16, 8, 0), "res3": (13, 5, 0), "res4": (8, 3, 0),
+                 "res5": (6, 1, 0)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,10 +70,13 @@ class EvalImages(Dataset):
         return TF.pil_to_tensor(img)
 
 
-def stages(resnet: nn.Module, x: torch.Tensor, last: int = 4) -> list[torch.Tensor]:
-    """The outputs of ``layer1`` ... ``layer{last}`` (res2 ... res{last + 1}) of a ResNet."""
-    x = resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(x))))
-    out = []
+def stages(resnet: nn.Module, x: torch.Tensor, last: int = 4,
+           stem: bool = False) -> list[torch.Tensor]:
+    """The outputs of ``layer1`` ... ``layer{last}`` (res2 ... res{last + 1}) of a ResNet, after
+    the stem's (conv1 -> BN -> ReLU, before the max-pool: OpenSelfSup's "conv1") with ``stem``."""
+    x = resnet.relu(resnet.bn1(resnet.conv1(x)))
+    out = [x] if stem else []
+    x = resnet.maxpool(x)
     for i in range(1, last + 1):
         x = getattr(resnet, f"layer{i}")(x)
         out.append(x)
@@ -94,12 +99,17 @@ class PooledFeatures(nn.Module):
     def pool(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if self.pooling == "global":
             return x.mean((2, 3))
-        kernel, stride = GOYAL_POOLING[name]
-        if min(x.shape[2:]) < kernel:
-            raise ValueError(f"eval.pooling=goyal: the {name} map is {x.shape[2]}x{x.shape[3]}, "
-                             f"smaller than its {kernel}x{kernel} pooling (made for 224 px "
-                             "inputs): raise eval.crop or set eval.pooling=global")
-        return nn.functional.avg_pool2d(x, kernel, stride)
+        return goyal_pool(name, x)
+
+
+def goyal_pool(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The Goyal et al. average pooling of layer ``name``'s map (made for 224 px inputs)."""
+    kernel, stride, padding = GOYAL_POOLING[name]
+    if min(x.shape[2:]) + 2 * padding < kernel:
+        raise ValueError(f"eval.pooling=goyal: the {name} map is {x.shape[2]}x{x.shape[3]}, "
+                         f"smaller than its {kernel}x{kernel} pooling (made for 224 px "
+                         "inputs): raise eval.crop or set eval.pooling=global")
+    return nn.functional.avg_pool2d(x, kernel, stride, padding)
 
 
 @torch.no_grad()

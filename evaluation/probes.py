@@ -76,8 +76,6 @@ def linear_probe_scores(train_x: np.ndarray, train_labels: np.ndarray, test_x: n
     xt = (torch.as_tensor(test_x, dtype=torch.float32, device=device) - mean) / std
     labels = torch.as_tensor(train_labels, device=device)
     single = bool(((labels == 1).sum(1) == 1).all())
-    target = labels.argmax(1) if single else (labels == 1).float()
-    mask = (labels != 0).float()
 
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     head = torch.nn.Linear(x.shape[1], labels.shape[1]).to(device)
@@ -94,17 +92,23 @@ def linear_probe_scores(train_x: np.ndarray, train_labels: np.ndarray, test_x: n
         perm = torch.randperm(len(x), generator=gen).to(device)
         for start in range(0, len(x), lc.batch_size):
             i = perm[start:start + lc.batch_size]
-            logits = head(x[i])
-            if single:
-                loss = F.cross_entropy(logits, target[i])
-            else:
-                loss = (F.binary_cross_entropy_with_logits(logits, target[i], reduction="none")
-                        * mask[i]).sum() / mask[i].sum().clamp_min(1)
+            loss = label_loss(head(x[i]), labels[i], single)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     with torch.no_grad():
         return head(xt).cpu().numpy()
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor, single: bool) -> torch.Tensor:
+    """The classification loss of (images x classes) logits for labels in VOC's encoding (1 / 0
+    difficult / -1): softmax cross-entropy on single-label sets, else the per-class logistic loss
+    averaged over the labels that are not difficult."""
+    if single:
+        return F.cross_entropy(logits, labels.argmax(1))
+    mask = (labels != 0).float()
+    return (F.binary_cross_entropy_with_logits(logits, (labels == 1).float(), reduction="none")
+            * mask).sum() / mask.sum().clamp_min(1)
 
 
 def knn_protocol(cfg: EvalConfig) -> dict:

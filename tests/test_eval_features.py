@@ -192,8 +192,8 @@ def test_cli_eval_linear_on_a_coco_split(scene_shards, tiny_ckpt, tmp_path):
     proc = subprocess.run(orl_fast_cmd(
         "eval", "linear", "--ckpt", tiny_ckpt[0], "--train", instances, "--out", str(out),
         "--quiet", "eval.resize=64", "eval.crop=56", "eval.pooling=global", "eval.num_workers=0",
-        "eval.device=cpu", "eval.linear.epochs=5"), env=subprocess_env(), capture_output=True, text=True, timeout=300,
-        check=False)
+        "eval.device=cpu", "eval.linear.epochs=5"), env=subprocess_env(), capture_output=True,
+        text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "| checkpoint | res5 |" in proc.stdout
     rep = json.loads((out / "linear.json").read_text())

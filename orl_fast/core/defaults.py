@@ -387,8 +387,10 @@ class KNNConfig:
 
 @dataclass
 class LinearProbeConfig:
-    """Linear classifier on frozen features (paper supplementary: SGD, batch 256, lr 0.01 decayed
-    by 0.1 at three equally spaced points, momentum 0.9, weight decay 1e-4)."""
+    """The quick linear probe: a linear classifier on the cached frozen features (no augmentation),
+    with the paper supplementary's optimiser (SGD, batch 256, lr 0.01 decayed by 0.1 at three
+    equally spaced points, momentum 0.9, weight decay 1e-4). The official protocol, trained on
+    images: :class:`LinearOfficialConfig`."""
 
     epochs: int = 28
     batch_size: int = 256
@@ -399,6 +401,88 @@ class LinearProbeConfig:
     def validate(self, p: str) -> None:
         _positive(p, self, "epochs", "batch_size", "lr")
         _non_negative(p, self, "weight_decay")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{p}momentum: must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class SemiSupConfig:
+    """Semi-supervised fine-tuning (paper Table 3; supplementary B and the official configs/
+    benchmarks/semi_classification/imagenet_{1,10}percent/): all layers trained from the weights,
+    a new Linear classifier (normal init, std 0.01) on the global-average-pooled res5; SGD,
+    momentum 0.9, batch 256, 20 epochs, lr 0.01 for the backbone and 0.01 x 100 = 1 for the
+    classifier, x0.2 at epochs 12 and 16, weight decay 0 with 1% and 1e-4 with 10% of the labels;
+    training views RandomResizedCrop 224 + flip, test Resize 256 + CenterCrop 224."""
+
+    # Label fractions, each with its weight decay; the subset is drawn per class, seeded.
+    fractions: tuple[float, ...] = (0.01, 0.1)
+    weight_decay: tuple[float, ...] = (0.0, 1e-4)
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 0.01
+    head_lr_mult: float = 100.0
+    momentum: float = 0.9
+    milestones: tuple[int, ...] = (12, 16)
+    gamma: float = 0.2
+    crop: int = 224
+    resize: int = 256
+    # Stop after this many steps (0: the whole schedule; the lr schedule is unchanged).
+    max_steps: int = 0
+    ckpt_every_steps: int = 500
+    log_every_steps: int = 20
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "epochs", "batch_size", "lr", "head_lr_mult", "crop", "resize",
+                  "ckpt_every_steps", "log_every_steps")
+        _non_negative(p, self, "max_steps", "gamma")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise ConfigError(f"{p}fractions: expected label fractions in (0, 1], "
+                              f"got {self.fractions}")
+        if len(self.weight_decay) != len(self.fractions) or any(w < 0 for w in self.weight_decay):
+            raise ConfigError(f"{p}weight_decay: one value >= 0 per fraction "
+                              f"({len(self.fractions)}), got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{p}momentum: must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class LinearOfficialConfig:
+    """The official linear classification protocol (paper supplementary B; the official configs/
+    benchmarks/linear_classification/imagenet/r50_multihead_28ep.py): the backbone frozen (eval
+    mode, frozen BatchNorm statistics); one head per layer (conv1, res2 ... res5): the Goyal et
+    al. average pooling, BatchNorm without affine parameters (momentum 0.1), a Linear (normal
+    init, std 0.01), the heads trained together (the sum of their cross-entropies); SGD with
+    Nesterov momentum 0.9, lr 0.01, weight decay 1e-4 (none on norm layers), batch 256,
+    28 epochs, x0.1 at epochs 8, 16 and 24; training views RandomResizedCrop 224 + flip +
+    ColorJitter(0.4, 0.4, 0.4, 0) + PCA lighting noise (std 0.1), test Resize 256 +
+    CenterCrop 224. The best layer is the headline (the paper reports it)."""
+
+    layers: tuple[Literal["conv1", "res2", "res3", "res4", "res5"], ...] = (
+        "conv1", "res2", "res3", "res4", "res5")
+    epochs: int = 28
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    milestones: tuple[int, ...] = (8, 16, 24)
+    gamma: float = 0.1
+    color_jitter: tuple[float, float, float] = (0.4, 0.4, 0.4)
+    lighting_std: float = 0.1
+    crop: int = 224
+    resize: int = 256
+    max_steps: int = 0
+    ckpt_every_steps: int = 500
+    log_every_steps: int = 20
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "epochs", "batch_size", "lr", "crop", "resize", "ckpt_every_steps",
+                  "log_every_steps")
+        _non_negative(p, self, "max_steps", "gamma", "weight_decay", "lighting_std")
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"{p}layers: expected distinct layers, got {self.layers}")
+        if any(v < 0 for v in self.color_jitter):
+            raise ConfigError(f"{p}color_jitter: must be >= 0, got {self.color_jitter}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"{p}momentum: must be in [0, 1), got {self.momentum}")
 
@@ -489,6 +573,8 @@ class EvalConfig:
     lowshot: LowShotConfig = field(default_factory=LowShotConfig)
     knn: KNNConfig = field(default_factory=KNNConfig)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    semisup: SemiSupConfig = field(default_factory=SemiSupConfig)
+    linear_official: LinearOfficialConfig = field(default_factory=LinearOfficialConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     # Attention maps: images resized so that the shorter side is this.
     viz_size: int = 448

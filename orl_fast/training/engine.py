@@ -90,10 +90,11 @@ def train_step(train_model: nn.Module, model: nn.Module, optimizer: torch.optim.
 
     ``train_model`` is what runs the forward (DDP / compiled wrapper of ``model``);
     ``forward(train_model, inputs)`` returns (loss, metrics) (default :func:`call`); with
-    ``diagnostics`` it is called with ``diagnostics=True`` and adds the model's monitors.
+    ``diagnostics`` it is called with ``diagnostics=True`` and adds the model's monitors. A
+    parameter group with an ``lr_scale`` gets lr x that (e.g. a new classifier's larger lr).
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     forward = forward or call
     with autocast:
         loss, metrics = (forward(train_model, inputs, diagnostics=True) if diagnostics

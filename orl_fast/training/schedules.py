@@ -1,4 +1,5 @@
-"""Per-step schedules: linear warm-up + cosine learning rate, and BYOL's cosine EMA rate."""
+"""Per-step schedules: linear warm-up + cosine learning rate, step decay, and BYOL's cosine EMA
+rate."""
 
 from __future__ import annotations
 
@@ -24,3 +25,11 @@ def ema_tau(step: int, total_steps: int, tau_base: float) -> float:
     """BYOL: tau_k = 1 - (1 - tau_base) * (cos(pi k / K) + 1) / 2."""
     progress = min(step / max(total_steps, 1), 1.0)
     return 1 - (1 - tau_base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def step_decay(step: int, steps_per_epoch: int, base_lr: float, milestones: tuple[int, ...],
+               gamma: float) -> float:
+    """lr at optimiser step ``step``: ``base_lr`` x ``gamma`` per milestone epoch reached (mmcv's
+    'step' policy, by epoch: the lr of epoch e is base x gamma^#{m <= e})."""
+    epoch = step // max(steps_per_epoch, 1)
+    return base_lr * gamma ** sum(epoch >= m for m in milestones)
