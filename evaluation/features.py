@@ -121,8 +121,8 @@ def extract(weights: Weights, paths: tuple[str, ...] | list[str], cfg: EvalConfi
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    loader = DataLoader(EvalImages(paths, cfg.resize, cfg.crop, cfg.view), batch_size=cfg.batch_size,
-                        num_workers=cfg.num_workers, pin_memory=cuda,
+    loader = DataLoader(EvalImages(paths, cfg.resize, cfg.crop, cfg.view),
+                        batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=cuda,
                         persistent_workers=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=cuda and cfg.precision == "bf16")
