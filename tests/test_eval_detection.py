@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from support.common import subprocess_env
-from support.evaluation import TINY_DETECTION, make_checkpoint, pennfudan_subsets
+from support.evaluation import (
+    OTHER_NORMALISATION,
+    TINY_DETECTION,
+    make_checkpoint,
+    pennfudan_subsets,
+)
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from evaluation import backbones
@@ -63,6 +68,23 @@ def test_model_backbone_comes_from_the_checkpoint(tiny_ckpt):
                        state["online.backbone.layer1.0.bn1.running_mean"])
     boxes_only = det_model.build_model(w, 3, DetectionConfig(masks=False))
     assert boxes_only.roi_heads.mask_head is None
+    # The RPN head: detectron2's one 3x3 convolution by default, torchvision v2's two on request.
+    assert len(model.rpn.head.conv) == 1
+    assert len(det_model.build_model(w, 1, DetectionConfig(rpn_convs=2)).rpn.head.conv) == 2
+    # The input is normalised as the checkpoint was trained (ImageNet's here).
+    assert model.transform.image_mean == [0.485, 0.456, 0.406]
+
+
+def test_detector_normalises_its_input_with_the_checkpoints_mean_and_std(tmp_path):
+    path, _ = make_checkpoint(str(tmp_path / "run"), overrides=OTHER_NORMALISATION)
+    w = backbones.load(path)
+    assert (w.mean, w.std) == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    model = det_model.build_model(w, 1, DetectionConfig())
+    assert model.transform.image_mean == [0.5, 0.4, 0.3]
+    assert model.transform.image_std == [0.2, 0.25, 0.3]
+    # The random-init baseline beside it gets the same input normalisation.
+    baseline = backbones.with_baseline(path, "resnet18", 0)[1]
+    assert (baseline.name, baseline.mean, baseline.std) == ("random init", w.mean, w.std)
 
 
 def test_image_selection_for_masks_and_training():

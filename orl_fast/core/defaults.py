@@ -414,6 +414,9 @@ class DetectionConfig:
     min_size_test: int = 800
     max_size: int = 1333
     masks: bool = True
+    # 3x3 convolutions of the RPN head: 1 is detectron2's StandardRPNHead (MODEL.RPN.CONV_DIMS
+    # [-1], the paper's R50-FPN), 2 torchvision's maskrcnn_resnet50_fpn_v2 head.
+    rpn_convs: Literal[1, 2] = 1
     # detectron2 MODEL.RPN.POST_NMS_TOPK_TRAIN / _TEST, ROI_HEADS.BATCH_SIZE_PER_IMAGE,
     # TEST.DETECTIONS_PER_IMAGE.
     rpn_post_nms_topk_train: int = 1000

@@ -25,10 +25,15 @@ TINY_DETECTION = [
 ]
 
 
-def make_checkpoint(out: str, seed: int = 123) -> tuple[str, dict]:
+# A training normalisation other than ImageNet's: exports and detectors must take the checkpoint's.
+OTHER_NORMALISATION = ["aug.mean=[0.5,0.4,0.3]", "aug.std=[0.2,0.25,0.3]"]
+
+
+def make_checkpoint(out: str, seed: int = 123, overrides: tuple[str, ...] = ()) -> tuple[str, dict]:
     """A Stage-1-layout orl-fast checkpoint of a tiny BYOL (ResNet-18) with non-trivial BN
-    statistics; returns (checkpoint path, its model state dict)."""
-    cfg = load_config("small", TINY_MODEL)
+    statistics (config ``small`` + ``overrides``); returns (checkpoint path, its model state
+    dict)."""
+    cfg = load_config("small", [*TINY_MODEL, *overrides])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BYOL(cfg.model)
@@ -73,3 +78,5 @@ def pennfudan_subsets(root: str, out: str, n_train: int, n_val: int) -> tuple[st
             json.dump(sub, f)
         paths.append(path)
     return paths[0], paths[1]
+
+
