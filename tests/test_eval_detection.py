@@ -15,6 +15,7 @@ from support.common import subprocess_env
 from support.evaluation import (
     OTHER_NORMALISATION,
     TINY_DETECTION,
+    assert_detection_report,
     make_checkpoint,
     pennfudan_subsets,
 )
@@ -116,8 +117,10 @@ def test_two_iterations_on_pennfudan_give_losses_and_coco_ap(shared_data, tiny_c
     out = tmp_path / "det"
     rep = det_eval.run(cfg, train_json, val_json, str(out), root, root, progress=False)
 
+    assert_detection_report(rep)
     assert list(rep["results"]) == ["checkpoint", "random init"]
     assert rep["protocol"]["stopped_at"] == 2 and rep["protocol"]["norm"] == "sync"
+    assert rep["protocol"]["engine"] == "torchvision"
     assert rep["dataset"]["train_images"] == 4 and rep["dataset"]["val_images"] == 3
     for name, res in rep["results"].items():
         lines = [json.loads(ln) for ln in Path(res["run_dir"], "metrics.jsonl").read_text().splitlines()]
@@ -126,12 +129,6 @@ def test_two_iterations_on_pennfudan_give_losses_and_coco_ap(shared_data, tiny_c
             for k in ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
                       "loss_rpn_box_reg"):
                 assert math.isfinite(ln[k]) and ln[k] >= 0, (name, k)
-        for iou_type in ("bbox", "segm"):
-            m = res["metrics"][iou_type]
-            assert m["detections"] > 0
-            for k in ("AP", "AP50", "AP75"):
-                assert 0.0 <= m[k] <= 100.0, (name, iou_type, k)
-            assert any("Average Precision" in line for line in m["summary"])
         assert (out / name.replace(" ", "-") / "checkpoints" / "ckpt-00000002.pt").exists()
     md = (out / "detection.md").read_text()
     assert "| checkpoint |" in md and "APmk" in md

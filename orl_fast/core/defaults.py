@@ -398,6 +398,10 @@ class DetectionConfig:
     16 scales lr and iterations linearly (detectron2's reference-world-size rule).
     """
 
+    # The trainer: "torchvision" (this package's detector on the one training loop; installs
+    # from the package index) or "detectron2" (detectron2's trainer on the exported config and
+    # weights, the paper's; built from source by scripts/install-detectron2.sh).
+    engine: Literal["torchvision", "detectron2"] = "torchvision"
     schedule: float = 1.0
     batch_size: int = 16
     base_lr: float = 0.02
