@@ -24,7 +24,7 @@ from support.evaluation import (
 from evaluation import backbones, export
 from evaluation.detection import evaluate as det_eval
 from evaluation.detection.data import load_data
-from orl_fast.core.config import load_config
+from orl_fast.core.config import ConfigError, load_config
 from orl_fast.core.defaults import DetectionConfig
 from orl_fast.core.distributed import init_runtime
 
@@ -144,3 +144,32 @@ def test_detectron2_fine_tunes_on_pennfudan_and_writes_the_report(tiny_ckpt, pen
         assert len((Path(res["run_dir"]) / "metrics.json").read_text().splitlines()) == 2
         assert (json.dumps(res["metrics"], sort_keys=True)  # (NaN == NaN there)
                 == json.dumps(rep["results"][name]["metrics"], sort_keys=True)), name
+
+
+def test_what_detectron2_cannot_do_is_one_line(tiny_ckpt, pennfudan, tmp_path):
+    root, train_json, val_json = pennfudan
+    data = load_data(train_json, val_json, True, 0.5, 0, root, root)
+    rt = init_runtime("cpu")
+    cfg = load_config("paper", [f"ckpt={tiny_ckpt}", *D2])
+    with pytest.raises(ConfigError, match=r"--out s3://b/det/checkpoint: the detectron2 engine "
+                                          r"reads and writes local paths only"):
+        d2.check(data, cfg, "s3://b/det/checkpoint", rt)
+    bf16 = load_config("paper", [f"ckpt={tiny_ckpt}", *D2, "eval.precision=bf16"])
+    with pytest.raises(ConfigError, match=r"eval.precision: bf16 .* needs a GPU"):
+        d2.check(data, bf16, str(tmp_path), rt)
+    d2.check(data, cfg, str(tmp_path), rt)  # local, fp32, one process: fine
+
+
+@pytest.mark.gpu
+def test_detectron2_engine_on_cuda_in_bf16(tiny_ckpt, pennfudan, tmp_path):
+    root, train_json, val_json = pennfudan
+    overrides = [o for o in D2 if o != "eval.device=cpu"]
+    cfg = load_config("paper", [f"ckpt={tiny_ckpt}", *overrides, "eval.device=cuda",
+                                "eval.precision=bf16"])
+    rep = det_eval.run(cfg, train_json, val_json, str(tmp_path / "det"), root, root,
+                       progress=False)
+    assert_detection_report(rep)
+    assert rep["environment"]["device"] != "cpu" and rep["protocol"]["engine"] == "detectron2"
+    for res in rep["results"].values():
+        assert res["backbone_norm"] == "SyncBatchNorm"
+        assert (Path(res["run_dir"]) / "model_final.pth").exists()
