@@ -141,9 +141,10 @@ def export(weights: Weights, fmt: str, out: str, dc: DetectionConfig | None = No
                "matching_heuristics": True}
     storage.atomic_write(out, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
     config_path = os.path.splitext(out)[0] + ".yaml"
+    frozen = "" if dc.norm == "sync" else " (FrozenBN in the backbone)"
     header = (f"# detectron2 config for {os.path.basename(out)} ({weights.arch} from "
-              f"{weights.source}):\n# Mask R-CNN R-FPN with SyncBN, as the ORL paper's COCO "
-              "transfer. Train with detectron2's tools/train_net.py --config-file THIS.\n")
+              f"{weights.source}):\n# Mask R-CNN R-FPN with SyncBN{frozen}, as the ORL paper's "
+              "COCO transfer. Train with detectron2's tools/train_net.py --config-file THIS.\n")
     weights_file = out if "://" in out else os.path.abspath(out)
     body = yaml.safe_dump(detectron2_config(weights_file, weights.arch, dc, weights.mean,
                                             weights.std), sort_keys=False)
