@@ -2,20 +2,22 @@
 initialisation (the baseline every evaluation reports beside a checkpoint).
 
 A :class:`Weights` carries the torchvision ResNet state dict (``fc`` excluded), the architecture
-name and a content digest of the tensors: the feature cache is keyed by that digest, so the same
-weights hit the same cache whichever file they were read from.
+name, the input normalisation the weights were trained with (a checkpoint's ``aug.mean`` /
+``aug.std``; ImageNet's otherwise) and a content digest of the tensors: the feature cache is keyed
+by that digest, so the same weights hit the same cache whichever file they were read from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from orl_fast.core import checkpoint, storage
+from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
 from orl_fast.core.models import build_backbone
 
 RANDOM = "random"
@@ -30,6 +32,9 @@ class Weights:
     digest: str  # sha256 over (arch, key, dtype, shape, bytes) of every tensor
     stage: str = ""  # the checkpoint's stage (stage1, stage3), if any
     stem: str = "imagenet"  # model.stem of the checkpoint
+    # Input normalisation (RGB in [0, 1]) of the training that gave the weights (aug.mean / std).
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
     def build(self) -> nn.Module:
         """The backbone (``fc`` = Identity) with these weights, in eval mode."""
@@ -66,7 +71,6 @@ def recalibrate_bn(weights: Weights, images: torch.Tensor, batch_size: int = 128
     (each BatchNorm the identity); any training replaces them by the data's. This isolates what
     training did to the other weights (PreciseBN-style cumulative averages over the batches)."""
     from loaders.augment import normalize
-    from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
 
     net = weights.build()
     for m in net.modules():
@@ -79,7 +83,8 @@ def recalibrate_bn(weights: Weights, images: torch.Tensor, batch_size: int = 128
     sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
     return Weights(f"{weights.name}, BN re-estimated", f"{weights.source} (BN statistics "
                    f"re-estimated on {len(images)} images)", weights.arch, sd,
-                   digest(weights.arch, sd, weights.stem), weights.stage, weights.stem)
+                   digest(weights.arch, sd, weights.stem), weights.stage, weights.stem,
+                   weights.mean, weights.std)
 
 
 def load(path: str, arch: str = "resnet50") -> Weights:
@@ -92,20 +97,24 @@ def load(path: str, arch: str = "resnet50") -> Weights:
                                 "its run directory, or a torchvision state dict file)")
     with storage.open_file(resolved, "rb") as f:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    stage, stem = "", "imagenet"
+    stage, stem, mean, std = "", "imagenet", IMAGENET_MEAN, IMAGENET_STD
     if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
         sd = checkpoint.backbone_state_dict(state)
         model_cfg = state.get("config", {}).get("model", {})
         arch = model_cfg.get("backbone", arch)
         stem = model_cfg.get("stem", stem)
         stage = str(state.get("stage", ""))
+        aug_cfg = state.get("config", {}).get("aug", {})
+        mean = tuple(float(v) for v in aug_cfg.get("mean", mean))
+        std = tuple(float(v) for v in aug_cfg.get("std", std))
     elif isinstance(state, dict) and state and all(isinstance(v, torch.Tensor)
                                                    for v in state.values()):
         sd = {k: v for k, v in state.items() if not k.startswith("fc.")}
     else:
         raise ValueError(f"{resolved}: neither an orl-fast checkpoint nor a state dict of tensors")
     _check_keys(sd, arch, resolved, stem)
-    return Weights("checkpoint", resolved, arch, sd, digest(arch, sd, stem), stage, stem)
+    return Weights("checkpoint", resolved, arch, sd, digest(arch, sd, stem), stage, stem, mean,
+                   std)
 
 
 def resolve(path: str, arch: str, seed: int) -> Weights:
@@ -114,9 +123,12 @@ def resolve(path: str, arch: str, seed: int) -> Weights:
 
 
 def with_baseline(path: str, arch: str, seed: int) -> list[Weights]:
-    """[checkpoint, random init of the same architecture]; only the baseline for ``random``."""
+    """[checkpoint, random init of the same architecture and input normalisation]; only the
+    baseline for ``random``."""
     w = resolve(path, arch, seed)
-    return [w] if path == RANDOM else [w, random_init(w.arch, seed, w.stem)]
+    if path == RANDOM:
+        return [w]
+    return [w, replace(random_init(w.arch, seed, w.stem), mean=w.mean, std=w.std)]
 
 
 def _check_keys(sd: dict[str, torch.Tensor], arch: str, where: str,

@@ -37,6 +37,8 @@ def _config(args: argparse.Namespace):
     overrides = [*args.settings, *getattr(args, "overrides", [])]
     if getattr(args, "ckpt", None):
         overrides.append(f"ckpt={args.ckpt}")
+    if getattr(args, "engine", None):
+        overrides.append(f"eval.detection.engine={args.engine}")
     return load_config(args.config, overrides)
 
 
@@ -153,6 +155,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--val-images", help="image root of --val-json (default: its folder)")
     t.add_argument("--out", default=f"{DEFAULT_OUT}/detection",
                    help="run and report directory (default: %(default)s)")
+    t.add_argument("--engine", choices=["torchvision", "detectron2"],
+                   help="trainer: torchvision (this package's Mask R-CNN) or detectron2 (built "
+                        "by scripts/install-detectron2.sh) (default: eval.detection.engine, "
+                        "torchvision)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     _add_common(t)
     t.set_defaults(func=cmd_detection)
@@ -161,7 +167,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=["torchvision", "timm", "detectron2"])
     p.add_argument("--ckpt", help="orl-fast checkpoint (file or run dir) or 'random'")
     p.add_argument("--out", required=True,
-                   help="output file (.pth; .pkl for detectron2, with a .yaml config beside it)")
+                   help="output file (.pth; .pkl for detectron2, which reads no other name, "
+                        "with a .yaml config beside it)")
     _add_common(p)
     p.set_defaults(func=cmd_export)
 

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from support.common import subprocess_env
-from support.evaluation import TINY_DETECTION, make_checkpoint, pennfudan_subsets
+from support.evaluation import (
+    OTHER_NORMALISATION,
+    TINY_DETECTION,
+    assert_detection_report,
+    make_checkpoint,
+    pennfudan_subsets,
+)
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from evaluation import backbones
@@ -63,6 +69,23 @@ def test_model_backbone_comes_from_the_checkpoint(tiny_ckpt):
                        state["online.backbone.layer1.0.bn1.running_mean"])
     boxes_only = det_model.build_model(w, 3, DetectionConfig(masks=False))
     assert boxes_only.roi_heads.mask_head is None
+    # The RPN head: detectron2's one 3x3 convolution by default, torchvision v2's two on request.
+    assert len(model.rpn.head.conv) == 1
+    assert len(det_model.build_model(w, 1, DetectionConfig(rpn_convs=2)).rpn.head.conv) == 2
+    # The input is normalised as the checkpoint was trained (ImageNet's here).
+    assert model.transform.image_mean == [0.485, 0.456, 0.406]
+
+
+def test_detector_normalises_its_input_with_the_checkpoints_mean_and_std(tmp_path):
+    path, _ = make_checkpoint(str(tmp_path / "run"), overrides=OTHER_NORMALISATION)
+    w = backbones.load(path)
+    assert (w.mean, w.std) == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    model = det_model.build_model(w, 1, DetectionConfig())
+    assert model.transform.image_mean == [0.5, 0.4, 0.3]
+    assert model.transform.image_std == [0.2, 0.25, 0.3]
+    # The random-init baseline beside it gets the same input normalisation.
+    baseline = backbones.with_baseline(path, "resnet18", 0)[1]
+    assert (baseline.name, baseline.mean, baseline.std) == ("random init", w.mean, w.std)
 
 
 def test_image_selection_for_masks_and_training():
@@ -94,8 +117,10 @@ def test_two_iterations_on_pennfudan_give_losses_and_coco_ap(shared_data, tiny_c
     out = tmp_path / "det"
     rep = det_eval.run(cfg, train_json, val_json, str(out), root, root, progress=False)
 
+    assert_detection_report(rep)
     assert list(rep["results"]) == ["checkpoint", "random init"]
     assert rep["protocol"]["stopped_at"] == 2 and rep["protocol"]["norm"] == "sync"
+    assert rep["protocol"]["engine"] == "torchvision"
     assert rep["dataset"]["train_images"] == 4 and rep["dataset"]["val_images"] == 3
     for name, res in rep["results"].items():
         lines = [json.loads(ln) for ln in Path(res["run_dir"], "metrics.jsonl").read_text().splitlines()]
@@ -104,12 +129,6 @@ def test_two_iterations_on_pennfudan_give_losses_and_coco_ap(shared_data, tiny_c
             for k in ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
                       "loss_rpn_box_reg"):
                 assert math.isfinite(ln[k]) and ln[k] >= 0, (name, k)
-        for iou_type in ("bbox", "segm"):
-            m = res["metrics"][iou_type]
-            assert m["detections"] > 0
-            for k in ("AP", "AP50", "AP75"):
-                assert 0.0 <= m[k] <= 100.0, (name, iou_type, k)
-            assert any("Average Precision" in line for line in m["summary"])
         assert (out / name.replace(" ", "-") / "checkpoints" / "ckpt-00000002.pt").exists()
     md = (out / "detection.md").read_text()
     assert "| checkpoint |" in md and "APmk" in md

@@ -13,9 +13,10 @@ import torch
 import torchvision
 import yaml
 from support.common import orl_fast_cmd, subprocess_env
-from support.evaluation import make_checkpoint
+from support.evaluation import OTHER_NORMALISATION, make_checkpoint
 
 from evaluation import backbones, export
+from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import DetectionConfig
 
 
@@ -52,16 +53,22 @@ def tiny_ckpt(tmp_path_factory):
 
 def test_detectron2_names_of_every_torchvision_resnet50_key():
     w = backbones.random_init("resnet50", 0)
-    d2 = export.detectron2_state(w.state_dict)
     expected = detectron2_resnet50_parameters()
     assert len(expected) == 265
+    # Without the BatchNorm counters: the tensors of detectron2's own R-50.pkl.
+    d2 = export.detectron2_state(w.state_dict, bn_counts=False)
     assert set(d2) == set(expected)
     for name, shape in expected.items():
         assert d2[name].shape == shape, name
-    # Every torchvision key maps (num_batches_tracked is dropped) and values are carried over.
+    # With them (what detectron2's BatchNorm / SyncBN hold): one per norm, 53 in a ResNet-50.
+    counters = {k.replace("running_mean", "num_batches_tracked") for k in expected
+                if k.endswith("norm.running_mean")}
+    assert len(counters) == 53
+    d2 = export.detectron2_state(w.state_dict)
+    assert set(d2) == set(expected) | counters
+    # Every torchvision key maps and values are carried over.
+    assert len(d2) == len(w.state_dict) == 318
     for key, value in w.state_dict.items():
-        if key.endswith("num_batches_tracked"):
-            continue
         assert np.array_equal(d2[export.detectron2_name(key)], value.numpy()), key
     assert export.detectron2_name("conv1.weight") == "stem.conv1.weight"
     assert export.detectron2_name("bn1.running_var") == "stem.conv1.norm.running_var"
@@ -80,7 +87,10 @@ def test_detectron2_export_pickle_and_config(tiny_ckpt, tmp_path):
     model = payload["model"]
     assert all(isinstance(v, np.ndarray) for v in model.values())
     assert np.array_equal(model["res3.0.conv1.weight"], w.state_dict["layer2.0.conv1.weight"])
-    assert not any(k.endswith("num_batches_tracked") for k in model)
+    # Every tensor of the backbone, BatchNorm counters included (SyncBN holds them).
+    assert len(model) == len(w.state_dict)
+    assert np.array_equal(model["res2.0.conv1.norm.num_batches_tracked"],
+                          w.state_dict["layer1.0.bn1.num_batches_tracked"].numpy())
     cfg = yaml.safe_load(Path(files[1]).read_text())
     m = cfg["MODEL"]
     assert m["WEIGHTS"] == files[0] and m["MASK_ON"] is True
@@ -90,6 +100,8 @@ def test_detectron2_export_pickle_and_config(tiny_ckpt, tmp_path):
     assert (m["ROI_BOX_HEAD"]["NUM_CONV"], m["ROI_BOX_HEAD"]["NUM_FC"]) == (4, 1)
     assert m["PIXEL_MEAN"] == [123.675, 116.28, 103.53] and cfg["INPUT"]["FORMAT"] == "RGB"
     assert m["BACKBONE"]["FREEZE_AT"] == 0
+    # detectron2's StandardRPNHead: one 3x3 convolution (eval.detection.rpn_convs = 1).
+    assert m["RPN"]["HEAD_NAME"] == "StandardRPNHead" and m["RPN"]["CONV_DIMS"] == [-1]
     s = cfg["SOLVER"]
     assert (s["IMS_PER_BATCH"], s["BASE_LR"], s["MAX_ITER"], s["STEPS"]) == (
         16, 0.02, 90000, [60000, 80000])
@@ -101,6 +113,42 @@ def test_detectron2_config_follows_the_schedule_settings():
     cfg = export.detectron2_config("w.pkl", "resnet50", DetectionConfig(schedule=2.0))
     assert (cfg["SOLVER"]["MAX_ITER"], cfg["SOLVER"]["STEPS"]) == (180000, [120000, 160000])
     assert cfg["MODEL"]["RESNETS"]["DEPTH"] == 50
+    two = export.detectron2_config("w.pkl", "resnet50", DetectionConfig(rpn_convs=2))
+    assert two["MODEL"]["RPN"]["CONV_DIMS"] == [-1, -1]
+
+
+def test_detectron2_export_of_frozen_batchnorm(tiny_ckpt, tmp_path):
+    """norm=frozen: FrozenBN backbone, no PreciseBN (it would re-estimate the frozen
+    statistics), and no BatchNorm counters (FrozenBN has none to load them into)."""
+    w = backbones.load(tiny_ckpt)
+    files = export.export(w, "detectron2", str(tmp_path / "f.pkl"), DetectionConfig(norm="frozen"))
+    with open(files[0], "rb") as f:
+        model = pickle.load(f)["model"]
+    assert not any(k.endswith("num_batches_tracked") for k in model)
+    assert len(model) == len([k for k in w.state_dict if not k.endswith("num_batches_tracked")])
+    cfg = yaml.safe_load(Path(files[1]).read_text())
+    assert cfg["MODEL"]["RESNETS"]["NORM"] == "FrozenBN"
+    assert cfg["TEST"]["PRECISE_BN"]["ENABLED"] is False
+
+
+def test_detectron2_config_normalises_as_the_checkpoint(tmp_path):
+    path, _ = make_checkpoint(str(tmp_path / "run"), overrides=OTHER_NORMALISATION)
+    files = export.export(backbones.load(path), "detectron2", str(tmp_path / "o.pkl"))
+    m = yaml.safe_load(Path(files[1]).read_text())["MODEL"]
+    assert m["PIXEL_MEAN"] == [127.5, 102.0, 76.5] and m["PIXEL_STD"] == [51.0, 63.75, 76.5]
+
+
+def test_detectron2_export_needs_a_pkl_name(tiny_ckpt, tmp_path):
+    """detectron2 unpickles only .pkl files (a .pth it reads with torch.load, which fails)."""
+    with pytest.raises(ConfigError, match=r"out .*orl\.pth: detectron2 unpickles .*orl\.pkl"):
+        export.export(backbones.load(tiny_ckpt), "detectron2", str(tmp_path / "orl.pth"))
+    assert not list(tmp_path.iterdir())
+    proc = subprocess.run(orl_fast_cmd("export", "--format", "detectron2", "--ckpt", tiny_ckpt,
+                                       "--out", str(tmp_path / "orl.pth")),
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "use " + str(tmp_path / "orl.pkl") in proc.stderr
 
 
 def test_torchvision_and_timm_exports_load_strictly(tiny_ckpt, tmp_path):

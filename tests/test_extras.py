@@ -104,3 +104,16 @@ def test_dashboard_without_its_dependencies(monkeypatch):
         require_dashboard("train.launcher=ray")
     monkeypatch.setattr(utils, "get_dashboard_dependency_error", lambda: None, raising=False)
     require_dashboard("train.launcher=ray")  # complete: no error
+
+
+def test_detectron2_engine_without_detectron2_is_one_line_saying_how_to_install_it(tmp_path):
+    """detectron2 has no wheels: the message names the script that builds it."""
+    r = _without(["detectron2"], "from orl_fast.cli import main; sys.exit(main(["
+                                 "'eval', 'detection', '--engine', 'detectron2', '--ckpt', "
+                                 f"'random', '--train-json', '{tmp_path}/x.json', "
+                                 f"'--out', '{tmp_path}/out']))")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("orl-fast: eval.detection.engine=detectron2 needs `detectron2`")
+    assert "scripts/install-detectron2.sh" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # stopped at start-up

@@ -1,12 +1,15 @@
 """COCO evaluation of the detection transfer (pycocotools COCOeval on boxes and masks) and the
-transfer end to end: ``run`` fine-tunes from the checkpoint and from random initialisation,
-evaluates both and writes ``OUT/detection.json|md``."""
+transfer end to end: ``run`` fine-tunes from the checkpoint and from random initialisation with
+the engine of ``eval.detection.engine`` (``torchvision``: :func:`transfer` here; ``detectron2``:
+:mod:`evaluation.detection.detectron2_engine`), evaluates both and writes one report,
+``OUT/detection.json|md``, whichever engine ran."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -16,8 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from evaluation import backbones, report
+from evaluation.backbones import Weights
 from evaluation.detection.data import CocoInstances, DetectionData, coco_api, collate, load_data
-from evaluation.detection.schedule import schedule
+from evaluation.detection.schedule import schedule, stop_iter
 from evaluation.detection.train import train
 from orl_fast.core import storage
 from orl_fast.core.defaults import Config, DetectionConfig
@@ -85,12 +89,62 @@ def _gather(items: list, rt: Runtime) -> list:
     return [x for part in parts for x in part]
 
 
+# An engine fine-tunes a detector from the weights in run_dir (resuming what is there) and
+# evaluates it on the validation set: on rank 0 {"metrics": {"bbox": ..., "segm": ...},
+# "backbone_norm": the normalisation class that ran}, None on the other ranks.
+Transfer = Callable[[Weights, DetectionData, Config, str, Runtime, bool], dict | None]
+
+# What the report says each engine ran.
+PROTOCOL = {
+    "torchvision": {
+        "model": "torchvision Mask R-CNN, maskrcnn_resnet50_fpn_v2-style heads (FPN + BN, "
+                 "{rpn_convs}-conv RPN head, 4conv1fc box head, 4-conv mask head), backbone from "
+                 "the weights, all layers trained",
+        "metric": "pycocotools COCOeval (bbox, segm): AP, AP50, AP75, APs, APm, APl",
+    },
+    "detectron2": {
+        "model": "detectron2 GeneralizedRCNN on the exported config and weights (ResNet-FPN, "
+                 "StandardRPNHead with {rpn_convs} conv, 4conv1fc box head, 4-conv mask head, "
+                 "BatchNorm in FPN and heads), backbone from the weights, all layers trained by "
+                 "detectron2's DefaultTrainer",
+        "metric": "detectron2 COCOEvaluator (bbox, segm): AP, AP50, AP75, APs, APm, APl",
+    },
+}
+
+
+def engine(name: str) -> Transfer:
+    """The engine's transfer function; detectron2's is imported here, so that a missing
+    detectron2 stops the run at start-up with one line saying how to install it."""
+    if name == "detectron2":
+        from evaluation.detection import detectron2_engine
+
+        return detectron2_engine.transfer
+    return transfer
+
+
+def transfer(w: Weights, data: DetectionData, cfg: Config, run_dir: str, rt: Runtime,
+             progress: bool = True) -> dict | None:
+    """The torchvision engine: fine-tune on the one training loop, pycocotools COCOeval."""
+    dc = cfg.eval.detection
+    model = train(w, data, cfg, run_dir, rt, progress)
+    boxes, masks = (_gather(r, rt) for r in predict(model, data, dc, rt, progress))
+    if not rt.is_main:
+        return None
+    metrics = {"bbox": coco_evaluate(data.val, boxes, "bbox")}
+    if dc.masks:
+        metrics["segm"] = coco_evaluate(data.val, masks, "segm")
+    # What normalisation actually ran (e.g. SyncBatchNorm under DDP).
+    return {"metrics": metrics, "backbone_norm": type(model.backbone.body.bn1).__name__}
+
+
 def run(cfg: Config, train_json: str, val_json: str | None, out: str,
         train_images: str | None = None, val_images: str | None = None,
         progress: bool = True) -> dict:
-    """Fine-tune from ``cfg.ckpt`` and from random initialisation, evaluate both on the
-    validation set; rank 0 writes ``OUT/detection.json|md``. Works under torchrun (DDP)."""
+    """Fine-tune from ``cfg.ckpt`` and from random initialisation with the engine of
+    ``eval.detection.engine``, evaluate both on the validation set; rank 0 writes
+    ``OUT/detection.json|md``. Works under torchrun (DDP)."""
     dc, ec = cfg.eval.detection, cfg.eval
+    fine_tune = engine(dc.engine)
     rt = init_runtime(ec.device)
     data = load_data(train_json, val_json, dc.masks, ec.holdout_frac, ec.seed, train_images,
                      val_images)
@@ -99,17 +153,13 @@ def run(cfg: Config, train_json: str, val_json: str | None, out: str,
     for w in backbones.with_baseline(cfg.ckpt or backbones.RANDOM, cfg.model.backbone, ec.seed):
         t_model = time.perf_counter()
         run_dir = storage.join(out, w.name.replace(" ", "-"))
-        model = train(w, data, cfg, run_dir, rt, progress)
-        boxes, masks = (_gather(r, rt) for r in predict(model, data, dc, rt, progress))
+        done = fine_tune(w, data, cfg, run_dir, rt, progress)
         if rt.is_main:
-            metrics = {"bbox": coco_evaluate(data.val, boxes, "bbox")}
-            if dc.masks:
-                metrics["segm"] = coco_evaluate(data.val, masks, "segm")
+            metrics = done["metrics"]
             results[w.name] = {"weights": {"source": w.source, "arch": w.arch, "stage": w.stage,
                                            "digest": w.digest},
                                "run_dir": run_dir, "metrics": metrics,
-                               # what normalisation actually ran (e.g. SyncBatchNorm under DDP)
-                               "backbone_norm": type(model.backbone.body.bn1).__name__,
+                               "backbone_norm": done["backbone_norm"],
                                "seconds": round(time.perf_counter() - t_model, 2)}
             if progress:
                 print(f"[detection] {w.name}: APbb {report.fmt(metrics['bbox']['AP'])}"
@@ -117,21 +167,18 @@ def run(cfg: Config, train_json: str, val_json: str | None, out: str,
         barrier(rt)
     if not rt.is_main:
         return {}
-    sched = schedule(dc)
     rep = {
         "task": "detection",
         "protocol": {
             "task": "Mask R-CNN R50-FPN transfer" if dc.masks else "Faster R-CNN R50-FPN transfer",
-            "model": "torchvision Mask R-CNN, maskrcnn_resnet50_fpn_v2-style heads (FPN + BN, "
-                     "2-conv RPN head, 4conv1fc box head, 4-conv mask head), backbone from the "
-                     "weights, all layers trained",
-            "norm": dc.norm, "schedule": asdict(sched),
-            "stopped_at": min(sched.max_iter, dc.max_iter) if dc.max_iter else sched.max_iter,
+            "engine": dc.engine,
+            "model": PROTOCOL[dc.engine]["model"].format(rpn_convs=dc.rpn_convs),
+            "norm": dc.norm, "schedule": asdict(schedule(dc)), "stopped_at": stop_iter(dc),
             "world_size": rt.world_size, "input": {"min_size_train": list(dc.min_size_train),
                                                    "min_size_test": dc.min_size_test,
                                                    "max_size": dc.max_size, "hflip": 0.5},
             "precise_bn_iters": dc.precise_bn_iters if dc.norm == "sync" else 0,
-            "metric": "pycocotools COCOeval (bbox, segm): AP, AP50, AP75, APs, APm, APl",
+            "metric": PROTOCOL[dc.engine]["metric"],
         },
         "dataset": {"split": data.split, "train_images": len(data.train["images"]),
                     "val_images": len(data.val["images"]), "classes": data.num_classes},
@@ -153,5 +200,5 @@ def markdown(rep: dict) -> str:
     return (f"# {p['task']}\n\n{rep['dataset']['split']}.\n\n"
             f"{rep['dataset']['train_images']} training, {rep['dataset']['val_images']} validation "
             f"images; {p['stopped_at']} of {p['schedule']['max_iter']} iterations at batch "
-            f"{p['schedule']['batch_size']}, norm {p['norm']}.\n\n"
+            f"{p['schedule']['batch_size']}, norm {p['norm']}, engine {p['engine']}.\n\n"
             + report.table(headers, rows))

@@ -1,5 +1,6 @@
 """The detector of the transfer (Mask R-CNN / Faster R-CNN R-FPN with v2-style heads on the
-checkpoint's ResNet) and its optimiser."""
+checkpoint's ResNet, normalising its input with the checkpoint's mean / std) and its
+optimiser."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from evaluation.backbones import Weights
-from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD, DetectionConfig
+from orl_fast.core.defaults import DetectionConfig
 
 
 def build_model(weights: Weights, num_classes: int, dc: DetectionConfig) -> nn.Module:
     """Mask R-CNN (Faster R-CNN when ``dc.masks`` is off) with v2-style heads on an FPN over the
-    ResNet of ``weights``; every layer trainable. ``num_classes`` excludes the background."""
+    ResNet of ``weights``; every layer trainable. ``num_classes`` excludes the background. The
+    RPN head has ``dc.rpn_convs`` 3x3 convolutions (1: detectron2's, 2: torchvision v2's)."""
     resnet = weights.build()
     if dc.norm == "frozen":
         resnet = freeze_batchnorm(resnet)
@@ -26,10 +28,10 @@ def build_model(weights: Weights, num_classes: int, dc: DetectionConfig) -> nn.M
     anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
     common = {
         "num_classes": num_classes + 1, "min_size": tuple(dc.min_size_train),
-        "max_size": dc.max_size, "image_mean": list(IMAGENET_MEAN),
-        "image_std": list(IMAGENET_STD), "rpn_anchor_generator": anchors,
+        "max_size": dc.max_size, "image_mean": list(weights.mean),
+        "image_std": list(weights.std), "rpn_anchor_generator": anchors,
         "rpn_head": RPNHead(body.out_channels, anchors.num_anchors_per_location()[0],
-                            conv_depth=2),
+                            conv_depth=dc.rpn_convs),
         # Per FPN level before NMS (torchvision defaults = detectron2's 2000 / 1000), per image
         # after NMS (detectron2 FPN: 1000 / 1000).
         "rpn_post_nms_top_n_train": dc.rpn_post_nms_topk_train,

@@ -10,7 +10,6 @@ from orl_fast.core.defaults import DetectionConfig
 REFERENCE_BATCH, ITERS_1X, STEPS_1X = 16, 90_000, (60_000, 80_000)
 
 
-
 @dataclass(frozen=True)
 class Schedule:
     batch_size: int
@@ -38,3 +37,10 @@ def schedule(dc: DetectionConfig) -> Schedule:
     return Schedule(dc.batch_size, it(ITERS_1X), (it(STEPS_1X[0]), it(STEPS_1X[1])),
                     dc.base_lr * scale,
                     round(dc.warmup_iters * min(1.0, dc.schedule) / scale), dc.warmup_factor)
+
+
+def stop_iter(dc: DetectionConfig) -> int:
+    """Where training stops: ``dc.max_iter`` when set and sooner than the schedule's end (the lr
+    schedule is unchanged), else the schedule's ``max_iter``."""
+    end = schedule(dc).max_iter
+    return min(end, dc.max_iter) if dc.max_iter else end

@@ -9,7 +9,7 @@ from torch import nn
 from evaluation.backbones import Weights
 from evaluation.detection.data import CocoInstances, DetectionData, collate
 from evaluation.detection.model import build_model, make_optimizer
-from evaluation.detection.schedule import Schedule, schedule
+from evaluation.detection.schedule import Schedule, schedule, stop_iter
 from loaders.sampling import StepBatchSampler, sample_seed
 from loaders.torch_loader import make_loader
 from orl_fast.core.defaults import Config, DetectionConfig
@@ -21,8 +21,7 @@ def train(weights: Weights, data: DetectionData, cfg: Config, out: str, rt: Runt
           progress: bool = True) -> nn.Module:
     """Fine-tune a detector from ``weights``; resumes from ``out`` if it holds a checkpoint."""
     dc, ec = cfg.eval.detection, cfg.eval
-    sched = schedule(dc)
-    stop = min(sched.max_iter, dc.max_iter) if dc.max_iter else sched.max_iter
+    sched, stop = schedule(dc), stop_iter(dc)
     torch.manual_seed(ec.seed)  # the new heads' initialisation: the same on every rank and run
     model = build_model(weights, data.num_classes, dc).to(rt.device)
     if rt.distributed and dc.norm == "sync":

@@ -496,6 +496,10 @@ class DetectionConfig:
     16 scales lr and iterations linearly (detectron2's reference-world-size rule).
     """
 
+    # The trainer: "torchvision" (this package's detector on the one training loop; installs
+    # from the package index) or "detectron2" (detectron2's trainer on the exported config and
+    # weights, the paper's; built from source by scripts/install-detectron2.sh).
+    engine: Literal["torchvision", "detectron2"] = "torchvision"
     schedule: float = 1.0
     batch_size: int = 16
     base_lr: float = 0.02
@@ -512,6 +516,9 @@ class DetectionConfig:
     min_size_test: int = 800
     max_size: int = 1333
     masks: bool = True
+    # 3x3 convolutions of the RPN head: 1 is detectron2's StandardRPNHead (MODEL.RPN.CONV_DIMS
+    # [-1], the paper's R50-FPN), 2 torchvision's maskrcnn_resnet50_fpn_v2 head.
+    rpn_convs: Literal[1, 2] = 1
     # detectron2 MODEL.RPN.POST_NMS_TOPK_TRAIN / _TEST, ROI_HEADS.BATCH_SIZE_PER_IMAGE,
     # TEST.DETECTIONS_PER_IMAGE.
     rpn_post_nms_topk_train: int = 1000

@@ -5,6 +5,8 @@ extras (``pyproject.toml``): ``ray`` (Stage 2 on Ray, Ray jobs, Ray Train), ``mi
 contrib for selective search, faiss), ``dali`` (the GPU loader), ``eval`` (scikit-learn,
 pycocotools, timm), ``s3``. A step that needs one of them says which extra to install, once, at
 start-up, instead of a traceback from deep inside a long run (the CLI prints the message alone).
+A dependency that no extra can install (detectron2, which is built from source) is required the
+same way, the message saying how to install it instead.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ class MissingExtra(ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
 
-def require(module: str, extra: str, purpose: str, hint: str = "") -> ModuleType:
+def require(module: str, extra: str, purpose: str, hint: str = "",
+            install: str = "") -> ModuleType:
     """``import module``, or :class:`MissingExtra` saying that ``purpose`` needs ``extra``
-    (``hint``: what else would do, appended)."""
+    (``hint``: what else would do, appended; ``install``: how to install ``extra`` when it is
+    not an extra of orl-fast, said instead of the pip command)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingExtra(f"{purpose} needs the `{extra}` extra ({e}): "
-                           f"pip install 'orl-fast[{extra}]'{' ' + hint if hint else ''}") from e
+        what = f"`{extra}`" if install else f"the `{extra}` extra"
+        how = install or f"pip install 'orl-fast[{extra}]'"
+        raise MissingExtra(f"{purpose} needs {what} ({e}): {how}"
+                           f"{' ' + hint if hint else ''}") from e
 
 
 def require_opencv_contrib(purpose: str = "selective search") -> ModuleType:

@@ -25,10 +25,15 @@ TINY_DETECTION = [
 ]
 
 
-def make_checkpoint(out: str, seed: int = 123) -> tuple[str, dict]:
+# A training normalisation other than ImageNet's: exports and detectors must take the checkpoint's.
+OTHER_NORMALISATION = ["aug.mean=[0.5,0.4,0.3]", "aug.std=[0.2,0.25,0.3]"]
+
+
+def make_checkpoint(out: str, seed: int = 123, overrides: tuple[str, ...] = ()) -> tuple[str, dict]:
     """A Stage-1-layout orl-fast checkpoint of a tiny BYOL (ResNet-18) with non-trivial BN
-    statistics; returns (checkpoint path, its model state dict)."""
-    cfg = load_config("small", TINY_MODEL)
+    statistics (config ``small`` + ``overrides``); returns (checkpoint path, its model state
+    dict)."""
+    cfg = load_config("small", [*TINY_MODEL, *overrides])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BYOL(cfg.model)
@@ -73,3 +78,29 @@ def pennfudan_subsets(root: str, out: str, n_train: int, n_val: int) -> tuple[st
             json.dump(sub, f)
         paths.append(path)
     return paths[0], paths[1]
+
+
+
+# The detection report, whichever engine wrote it: its keys, each result's, each metric's.
+REPORT_KEYS = {"task", "protocol", "dataset", "results", "eval_config", "environment", "seconds",
+               "files"}
+PROTOCOL_KEYS = {"task", "engine", "model", "norm", "schedule", "stopped_at", "world_size",
+                 "input", "precise_bn_iters", "metric"}
+RESULT_KEYS = {"weights", "run_dir", "metrics", "backbone_norm", "seconds"}
+METRIC_KEYS = {"AP", "AP50", "AP75", "APs", "APm", "APl", "detections", "summary"}
+
+
+def assert_detection_report(rep: dict, masks: bool = True) -> None:
+    """``rep`` (and the JSON written) has the detection report's keys, metrics in [0, 100]."""
+    assert set(rep) == REPORT_KEYS and set(rep["protocol"]) == PROTOCOL_KEYS
+    with open(rep["files"]["json"]) as f:
+        assert set(json.load(f)) == REPORT_KEYS - {"files"}
+    for name, res in rep["results"].items():
+        assert set(res) == RESULT_KEYS, name
+        assert set(res["metrics"]) == ({"bbox", "segm"} if masks else {"bbox"}), name
+        for iou_type, m in res["metrics"].items():
+            assert set(m) == METRIC_KEYS, (name, iou_type)
+            assert m["detections"] > 0
+            for k in ("AP", "AP50", "AP75"):
+                assert 0.0 <= m[k] <= 100.0, (name, iou_type, k)
+            assert any("Average Precision" in line for line in m["summary"])
