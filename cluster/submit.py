@@ -16,18 +16,24 @@ named by ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``) is sent as a beare
 ``RAY_AUTH_MODE=disabled``. The token is not encrypted in transit: reach remote clusters through
 an SSH tunnel, ``kubectl port-forward`` or a TLS proxy (``--header`` / ``--header-env`` add the
 proxy's own headers). Variables copied with ``--env`` travel in the job's runtime_env: anyone
-who can read the cluster's job API or dashboard can read them too.
+who can read the cluster's job API or dashboard can read them too. A submission that would send
+the token, ``--env`` values or headers in plain http to a host other than this machine's loopback
+is refused unless ``--insecure`` says to send them anyway (with a warning); https:// addresses
+and loopback ones (a tunnel's local end) are sent as they are.
 
 While waiting, the job's logs are streamed to stdout; Ctrl-C stops following (the job goes on).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import sys
 import time
+from urllib.parse import urlsplit
 
+from orl_fast.core.errors import UserError
 from orl_fast.core.extras import require
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -86,6 +92,38 @@ def build_runtime_env(working_dir: str | None, pip: list[str], env_names: list[s
     return runtime_env
 
 
+def is_loopback(address: str) -> bool:
+    """``address`` (a URL or host:port) names this machine's loopback interface (or ``auto``: the
+    cluster Ray finds on this machine)."""
+    if address == "auto":
+        return True
+    host = urlsplit(address if "://" in address else f"http://{address}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(address: str, secrets: list[str], insecure: bool) -> None:
+    """Refuse (UserError) to send ``secrets`` (what would travel: the token, --env values,
+    headers) unencrypted to another host, unless ``insecure``; then warn."""
+    if address.startswith("https://") or is_loopback(address):
+        return
+    what = ", ".join(secrets)
+    if not secrets:
+        print(f"orl-fast submit: warning: --address {address} is plain http to another host: "
+              "the job's command and uploads travel unencrypted", file=sys.stderr)
+        return
+    if not insecure:
+        raise UserError(f"--address {address}: plain http to another host would send {what} "
+                        "unencrypted; use an https:// address (a TLS proxy) or an SSH tunnel to "
+                        "127.0.0.1, or pass --insecure to send them anyway")
+    print(f"orl-fast submit: warning: --insecure: sending {what} unencrypted to {address}",
+          file=sys.stderr)
+
+
 def entrypoint_for(command: list[str], working_dir: str | None) -> str:
     """The job's shell command; ``orl-fast`` becomes ``python -m orl_fast`` for uploaded code."""
     if not command:
@@ -99,8 +137,9 @@ def submit(command: list[str], address: str | None = None, working_dir: str | No
            pip: list[str] | None = None, env_names: list[str] | None = None,
            headers: dict[str, str] | None = None, job_id: str | None = None,
            wait: bool = True, num_cpus: float | None = None, num_gpus: float | None = None,
-           timeout_s: float | None = None) -> int:
-    """Submit; with ``wait`` stream the logs and return 0 if the job succeeded, else 1."""
+           timeout_s: float | None = None, insecure: bool = False) -> int:
+    """Submit; with ``wait`` stream the logs and return 0 if the job succeeded, else 1.
+    ``insecure``: send the token, --env values and headers over plain http to another host."""
     JobSubmissionClient = require("ray.job_submission", "ray", "orl-fast submit").JobSubmissionClient
 
     try:
@@ -113,8 +152,13 @@ def submit(command: list[str], address: str | None = None, working_dir: str | No
     runtime_env = build_runtime_env(working_dir, pip or [], env_names or [])
     headers = dict(headers or {})
     token = ray_auth_token()
+    secrets = ([f"headers ({', '.join(sorted(headers))})"] if headers else [])
     if token and not any(h.lower() == "authorization" for h in headers):
         headers["Authorization"] = f"Bearer {token}"
+        secrets.insert(0, "the Ray token")
+    if env_names:
+        secrets.append(f"--env values ({', '.join(env_names)})")
+    check_transport(address, secrets, insecure)
     try:
         client = JobSubmissionClient(address, headers=headers or None)
         job = client.submit_job(

@@ -10,7 +10,6 @@ by that digest, so the same weights hit the same cache whichever file they were 
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, replace
 
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 
 from orl_fast.core import checkpoint, storage
 from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
+from orl_fast.core.errors import InputError, NotFound
 from orl_fast.core.models import build_backbone
 
 RANDOM = "random"
@@ -93,10 +93,9 @@ def load(path: str, arch: str = "resnet50") -> Weights:
     fs, fs_path = storage.url_to_fs(path)
     resolved = path if fs.isfile(fs_path) else checkpoint.resolve(path)
     if resolved is None:
-        raise FileNotFoundError(f"no checkpoint at {path!r} (expected an orl-fast checkpoint, "
-                                "its run directory, or a torchvision state dict file)")
-    with storage.open_file(resolved, "rb") as f:
-        state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        raise NotFound(f"ckpt: {path}: no checkpoint here (expected an orl-fast checkpoint, "
+                         "its run directory, or a torchvision state dict file)")
+    state = checkpoint.read_torch(resolved)
     stage, stem, mean, std = "", "imagenet", IMAGENET_MEAN, IMAGENET_STD
     if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
         sd = checkpoint.backbone_state_dict(state)
@@ -111,7 +110,8 @@ def load(path: str, arch: str = "resnet50") -> Weights:
                                                    for v in state.values()):
         sd = {k: v for k, v in state.items() if not k.startswith("fc.")}
     else:
-        raise ValueError(f"{resolved}: neither an orl-fast checkpoint nor a state dict of tensors")
+        raise InputError(f"ckpt: {resolved}: neither an orl-fast checkpoint nor a state dict of "
+                         "tensors")
     _check_keys(sd, arch, resolved, stem)
     return Weights("checkpoint", resolved, arch, sd, digest(arch, sd, stem), stage, stem, mean,
                    std)
@@ -137,5 +137,5 @@ def _check_keys(sd: dict[str, torch.Tensor], arch: str, where: str,
     missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     wrong = [k for k in sorted(set(expected) & set(sd)) if expected[k].shape != sd[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(f"{where}: not a torchvision {arch} backbone ({stem} stem; missing "
+        raise InputError(f"ckpt: {where}: not a torchvision {arch} backbone ({stem} stem; missing "
                          f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]})")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from orl_fast.core import storage
+from orl_fast.core.errors import InputError, NotFound
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -68,13 +69,13 @@ def load(data: str, split: str) -> LabelledImages:
     if split.endswith(".json"):
         return load_coco(split)
     if not data:
-        raise ValueError(f"split {split!r} needs a dataset root (--data)")
+        raise InputError(f"split {split!r} needs a dataset root (--data)")
     devkit = _find_devkit(data)
     if devkit:
         return load_vocdevkit(devkit, split)
     if storage.exists(storage.join(data, "labels.csv")):
         return load_labels_csv(data, split)
-    raise FileNotFoundError(f"{data}: neither a VOCdevkit (JPEGImages + ImageSets/Main) nor a "
+    raise NotFound(f"{data}: neither a VOCdevkit (JPEGImages + ImageSets/Main) nor a "
                             "labels.csv + images/ folder")
 
 
@@ -88,7 +89,7 @@ def train_test(data: str, train: str, test: str | None, holdout_frac: float,
         return full, load(data, test), f"train on {full.source}, test on split {test!r}"
     n_test = round(holdout_frac * len(full))
     if not 0 < n_test < len(full):
-        raise ValueError(f"{full.source}: {len(full)} images cannot be split {holdout_frac}")
+        raise InputError(f"{full.source}: {len(full)} images cannot be split {holdout_frac}")
     perm = np.random.default_rng(seed).permutation(len(full))
     test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     how = (f"one split given: seeded held-out protocol, {n_test} of {len(full)} images of "
@@ -119,7 +120,7 @@ def load_vocdevkit(root: str, split: str) -> LabelledImages:
     for cls in VOC_CLASSES:
         path = storage.join(main, f"{cls}_{split}.txt")
         if not storage.exists(path):
-            raise FileNotFoundError(f"{path}: no such split file (split {split!r})")
+            raise NotFound(f"{path}: no such split file (split {split!r})")
         lines = storage.read_text(path).splitlines()
         columns.append({img: int(lab) for img, lab in (ln.split() for ln in lines if ln.strip())})
     ids = sorted(columns[0])
@@ -133,12 +134,12 @@ def load_labels_csv(root: str, split: str) -> LabelledImages:
     path = storage.join(root, "labels.csv")
     rows = list(csv.DictReader(io.StringIO(storage.read_text(path), newline="")))
     if not rows:
-        raise ValueError(f"{path}: empty")
+        raise InputError(f"{path}: empty")
     classes = tuple(c for c in rows[0] if c not in ("id", "split"))
     if "split" in rows[0]:
         rows = [r for r in rows if r["split"] == split]
         if not rows:
-            raise ValueError(f"{path}: no rows with split {split!r}")
+            raise InputError(f"{path}: no rows with split {split!r}")
         source = f"{path} split {split!r}"
     else:
         source = f"{path} (one split, named {split!r})"

@@ -4,13 +4,22 @@ The listing is cut into units of ``shard_size`` inputs; input i gets key ``forma
 j becomes ``shard-j.tar``. Units run in parallel processes and are independent, so a rerun skips
 every unit whose shard, index rows and report are all in place (each written atomically, the tar
 last) and redoes only the rest; the result is byte-identical to an uninterrupted run.
+
+An ingest holds OUT's lock (:mod:`orl_fast.core.locks`) while it runs; its worker processes die
+with it (``kill -9`` of the ingest included: no orphan keeps writing). Every entry of the source
+that is not ingested is in report.json with its reason: ``ignored`` (not an input: other
+extensions, FIFOs, links, tar members that are links or cut short; see
+:data:`loaders.sources.IGNORE_REASONS`) and ``skipped`` (an input that did not become an image).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import signal
+import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
@@ -20,9 +29,11 @@ from tqdm import tqdm
 
 from loaders import shards
 from loaders.sanitize import sanitize
-from loaders.sources import SourceItem, list_sources
+from loaders.sources import SkipInput, SourceItem, SourceListing, list_sources
 from orl_fast.core import storage
 from orl_fast.core.defaults import IngestConfig
+from orl_fast.core.errors import NotFound, UserError
+from orl_fast.core.locks import out_lock
 
 MANIFEST = "ingest.json"
 REPORT = "report.json"
@@ -30,7 +41,7 @@ REPORT = "report.json"
 REPORT_PATHS_CAP = 1000
 
 
-class IngestMismatch(RuntimeError):
+class IngestMismatch(UserError):
     """OUT already holds an ingest made from another source or with another config."""
 
 
@@ -41,7 +52,24 @@ def report_name(shard: str) -> str:
 def ingest(src: str, out: str, cfg: IngestConfig, progress: bool = True) -> dict:
     listing = list_sources(src, cfg.extensions)
     if not listing.items:
-        raise FileNotFoundError(f"ingest source {src!r}: no images found ({listing.kind})")
+        reasons = _count_reasons(listing.ignored)
+        found = "; ".join(f"{n} {reason}" for reason, n in reasons.items())
+        raise NotFound(f"{src}: no images found ({listing.kind}"
+                       f"{'; ignored: ' + found if found else ''})")
+    storage.check_output_dir(out)
+    with out_lock(out, "orl-fast ingest"):
+        return _ingest(src, out, cfg, listing, progress)
+
+
+def _count_reasons(ignored: list[tuple[str, str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, reason, _ in ignored:
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def _ingest(src: str, out: str, cfg: IngestConfig, listing: SourceListing,
+            progress: bool) -> dict:
     items = listing.items
     manifest = {
         "source": src,
@@ -96,7 +124,8 @@ def _run_units(out: str, items: list[SourceItem], todo: list[tuple[int, int]],
         for j, s, chunk in chunks:
             yield ingest_unit(out, j, s, chunk, cfg)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         pending = set()
         queue = iter(chunks)
         for j, s, chunk in queue:  # keep the pool busy without submitting everything at once
@@ -112,6 +141,30 @@ def _run_units(out: str, items: list[SourceItem], todo: list[tuple[int, int]],
                     pending.add(pool.submit(ingest_unit, out, *nxt[:2], nxt[2], cfg))
 
 
+# The ingest a pool worker works for (set in the worker by die_with_parent).
+_parent_pid: int | None = None
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool worker initializer: the kernel kills this worker when the ingest that started it
+    dies (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``); elsewhere, and for a parent already gone,
+    the unit loop checks the parent's pid (:func:`_orphaned`)."""
+    global _parent_pid
+    _parent_pid = parent_pid
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        except (OSError, AttributeError):  # no prctl: the pid check below still applies
+            pass
+    if _orphaned():
+        os._exit(1)
+
+
+def _orphaned() -> bool:
+    return _parent_pid is not None and os.getppid() != _parent_pid
+
+
 def ingest_unit(out: str, shard_id: int, start: int, items: list[SourceItem],
                 cfg: IngestConfig) -> int:
     """Sanitize one unit of inputs and write its shard, index rows and report; returns #inputs."""
@@ -121,8 +174,13 @@ def ingest_unit(out: str, shard_id: int, start: int, items: list[SourceItem],
 
     def samples() -> Iterator[tuple[str, bytes, dict | None]]:
         for i, item in enumerate(items, start):
+            if _orphaned():  # the ingest is gone: stop writing (its temporary tar is dropped)
+                os._exit(1)
             try:
-                raw = item.read()
+                raw = item.read(cfg.max_bytes)
+            except SkipInput as e:  # not a regular file, too large: reported, never read
+                report["skipped"].setdefault(e.reason, []).append([item.name, e.detail])
+                continue
             except Exception as e:  # noqa: BLE001 - unreadable input is reported, not fatal
                 report["skipped"].setdefault("unreadable", []).append(
                     [item.name, f"{type(e).__name__}: {e}"])
@@ -160,15 +218,22 @@ def ingest_unit(out: str, shard_id: int, start: int, items: list[SourceItem],
     return len(items)
 
 
-def finalize(out: str, shard_names: list[str], ignored: list[str]) -> dict:
+def finalize(out: str, shard_names: list[str], ignored: list[tuple[str, str, str]]) -> dict:
     """Write index.json and the aggregated report.json from the per-shard files.
 
     Reads one shard's rows and report at a time: memory stays O(shards), not O(images).
+    ``ignored``: the (path, reason, detail) of the listing's entries that are not inputs.
     """
     summaries = []
     total: dict = {"inputs": 0, "written": 0, "converted_images": 0, "skipped_images": 0,
-                   "skipped": {}, "converted": {},
-                   "ignored_files": {"count": len(ignored), "paths": ignored[:REPORT_PATHS_CAP]}}
+                   "ignored_files": len(ignored), "skipped": {}, "converted": {}, "ignored": {}}
+    for path, reason, detail in ignored:
+        agg = total["ignored"].setdefault(reason, {"count": 0, "paths": []})
+        agg["count"] += 1
+        if len(agg["paths"]) < REPORT_PATHS_CAP:
+            agg["paths"].append([path, detail])
+        else:
+            agg["paths_truncated"] = True
     for name in shard_names:
         summaries.append(shards.shard_summary(
             name, shards.read_idx(storage.join(out, shards.idx_name(name)))))

@@ -33,7 +33,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from loaders.pairs import PairRecord, mined_with, open_pairs, read_record
+from loaders.pairs import PairRecord, check_mined_from, mined_with, open_pairs, read_record
 from loaders.sampling import sample_seed
 from loaders.shards import ShardIndex
 from orl_fast.core import storage
@@ -162,6 +162,8 @@ class SampleBuilder:
         if needs_records:
             cfg.require("pairs")
         self.pairs = open_pairs(cfg.pairs) if needs_records else None
+        if self.pairs is not None:
+            check_mined_from(cfg.pairs, self.pairs, self.images, cfg.data)
         self.knn_k, self.topn_frac = (_as_mined(cfg, mined_with(cfg.pairs)) if self.uses_neighbor
                                       else (0, 0.0))
         self.gt = (GroundTruthBoxes(o.gt_instances, cfg.mine.min_box_size)

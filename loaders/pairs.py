@@ -45,6 +45,7 @@ from loaders.shards import (
 )
 from orl_fast.core import storage
 from orl_fast.core.config import ConfigError
+from orl_fast.core.errors import InputError
 
 MAGIC = b"ORLP"
 VERSION = 1
@@ -173,9 +174,31 @@ def mined_with(mined: str) -> dict:
     return {"knn_k": int(info["knn_k"]), "topn_frac": float(info["topn_frac"])}
 
 
+def check_mined_from(mined: str, pairs: ShardIndex, images: ShardIndex, data: str) -> None:
+    """InputError unless the pairs of ``mined`` were mined from the image shards ``images``
+    (opened from ``data``): the mining manifest's digest of the shards' index.json, else (pairs
+    imported from the official files) every pair shard's first key present in ``images``."""
+    manifest = storage.join(mined, "manifest.json")  # mining.manifest.MANIFEST
+    if storage.exists(manifest):
+        inputs = storage.read_json(manifest).get("inputs", {})
+        digest = inputs.get("data_index_sha256")
+        if digest and digest != images.digest:
+            raise InputError(f"pairs: {mined} was mined from other shards ({inputs.get('data')}, "
+                             f"index.json sha256 {digest[:12]}), not from data={data} "
+                             f"({images.digest[:12]}): mine these shards, or train on those")
+        return
+    for shard_id, key in enumerate(pairs.first_keys):
+        try:
+            images.find(key)
+        except KeyError:
+            raise InputError(f"pairs: {mined}: {pairs.shard_names[shard_id]} holds image key "
+                             f"{key}, which data={data} lacks: pairs of other shards") from None
+
+
 def open_pairs(mined: str) -> ShardIndex:
     """Random access to the records of a Stage 2 output directory (``MINED/pairs``)."""
-    return ShardIndex(storage.join(mined, PAIRS_DIR))
+    return ShardIndex(storage.join(mined, PAIRS_DIR), field="pairs",
+                      what="the pair shards of `orl-fast mine`")
 
 
 def read_record(index: ShardIndex, key: int | str) -> PairRecord | None:

@@ -4,6 +4,13 @@ Kept as they are: baseline RGB JPEGs that decode completely, carry no EXIF rotat
 size limits (their original bytes are stored). Converted (and counted): other formats, CMYK,
 grayscale, palette, alpha, 16-bit, EXIF-rotated and oversized images. Skipped (and counted):
 empty, non-image, corrupt, truncated, too small and decompression-bomb-sized inputs.
+
+Memory per image stays bounded: a JPEG kept as it is is checked by a decode at 1/8 scale (the
+whole entropy-coded stream is still read, so a truncated or corrupt one is caught); with
+``max_side`` a large JPEG is decoded at a reduced DCT scale (draft mode) and an 8-bit RGB or
+grayscale image of another format is reduced before its colour conversion. Without ``max_side``
+(the default: the paper's selective search runs on full-resolution images) a converted image
+needs its decoded pixels plus their RGB copy, and ``max_pixels`` bounds both.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from PIL import Image, UnidentifiedImageError
 # Skip reasons and conversion kinds, as they appear in report.json.
 SKIP_REASONS = (
     "empty", "not_an_image", "corrupt", "truncated", "too_small", "decompression_bomb",
-    "unreadable",
+    "unreadable", "too_large", "not_a_regular_file", "symlink_loop", "broken_link",
 )
+# JPEGs kept as they are with more pixels than this are checked by a decode at 1/8 scale.
+VERIFY_AT_SCALE_PIXELS = 4_000_000
 CONVERSIONS = (
     "reencoded", "cmyk", "grayscale", "palette", "alpha", "16bit", "other_mode", "exif_rotated",
     "downscaled",
@@ -71,8 +80,14 @@ def sanitize(raw: bytes, *, min_side: int = 32, max_pixels: int = 178_956_970,
     if min(w, h) < min_side:
         out.skipped, out.detail = "too_small", f"{w}x{h}, shorter side < {min_side}"
         return out
+    orientation = _orientation(img)
+    downscale = bool(max_side) and max(w, h) > max_side
+    kept_as_is = (fmt == "JPEG" and img.mode == "RGB" and not deep and not downscale
+                  and orientation not in _UNDO_ORIENTATION)
     try:
-        if fmt == "JPEG" and max_side and max(w, h) > 2 * max_side:
+        if kept_as_is and w * h > VERIFY_AT_SCALE_PIXELS:
+            img.draft("RGB", (-(-w // 8), -(-h // 8)))  # the check only: the raw bytes are kept
+        elif fmt == "JPEG" and downscale and max(w, h) > 2 * max_side:
             img.draft("RGB", (max_side, max_side))   # decode at a reduced DCT scale
         img.load()
     except (OSError, SyntaxError, ValueError) as e:
@@ -85,28 +100,37 @@ def sanitize(raw: bytes, *, min_side: int = 32, max_pixels: int = 178_956_970,
         return out
 
     conv = out.conversions
+    if kept_as_is:
+        out.width, out.height = w, h
+        out.data = raw
+        return out
     if fmt != "JPEG":
         conv.append("reencoded")
-    orientation = _orientation(img)
+    if downscale and img.mode in ("RGB", "L"):  # reduced before the colour conversion
+        img = _downscale(img, max_side)
+        conv.append("downscaled")
     rgb = _to_rgb(img, conv)
+    del img
     if deep and "16bit" not in conv:
         conv.append("16bit")  # 16-bit-per-channel colour: Pillow keeps the high byte
     if orientation in _UNDO_ORIENTATION:
         rgb = rgb.transpose(_UNDO_ORIENTATION[orientation])
         conv.append("exif_rotated")
     if max_side and max(rgb.size) > max_side:
-        scale = max_side / max(rgb.size)
-        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-        rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        rgb = _downscale(rgb, max_side)
         conv.append("downscaled")
     out.width, out.height = rgb.size
-    if not conv:
-        out.data = raw
-        return out
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=jpeg_quality)
     out.data = buf.getvalue()
     return out
+
+
+def _downscale(img: Image.Image, max_side: int) -> Image.Image:
+    """``img`` resized so that its longer side is ``max_side`` (bicubic, reducing first)."""
+    scale = max_side / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def _has_16bit_samples(img: Image.Image) -> bool:
@@ -132,10 +156,11 @@ def _to_rgb(img: Image.Image, conv: list[str]) -> Image.Image:
         return img.convert("RGB")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         conv.append("16bit")
-        arr = np.asarray(img).astype(np.float64)
-        if arr.max(initial=0) > 255:
-            arr = arr / 257.0
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        arr = np.asarray(img)
+        if arr.max(initial=0) > 255:  # round(x / 257): in integers for 16-bit (4 B / pixel)
+            arr = ((arr.astype(np.uint32) + 128) // 257 if arr.dtype.kind == "u"
+                   else np.rint(arr.astype(np.float32) / np.float32(257.0)))
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if mode == "P":
         conv.append("palette")

@@ -18,6 +18,7 @@ of the tar, without scanning.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import json
 import os
@@ -30,6 +31,7 @@ import numpy as np
 from webdataset import tariterators as wds_tar
 
 from orl_fast.core import storage
+from orl_fast.core.errors import InputError, NotFound
 
 INDEX_FILE = "index.json"
 INDEX_VERSION = 1
@@ -148,6 +150,51 @@ def write_index(root: str, shards: list[dict], **extra) -> dict:
 
 # ----------------------------------------------------------------------------- reading
 
+IMAGE_SHARDS = "the image shards of `orl-fast ingest`"
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def read_index(root: str, field: str = "data", what: str = IMAGE_SHARDS) -> tuple[dict, bytes]:
+    """The ``index.json`` of a shard directory, parsed and as bytes, checked before any work
+    starts: the file exists and is an index of this version, every shard it lists with images
+    has its tar and ``.idx.npy`` beside it. InputError naming ``field``, the path and what is
+    wrong otherwise (``what``: what the directory should be, for the message)."""
+    root = root.rstrip("/")
+    url = storage.join(root, INDEX_FILE)
+    if not storage.exists(url):
+        raise NotFound(f"{field}: {root}: {_no_index(root)} (expected {what})")
+    raw = storage.read_bytes(url)
+    try:
+        info = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{field}: {url}: not valid JSON ({e})") from None
+    shards = info.get("shards") if isinstance(info, dict) else None
+    if not isinstance(shards, list) or info.get("version") != INDEX_VERSION or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str)
+            and isinstance(s.get("count"), int) and isinstance(s.get("first_key"), int)
+            for s in shards):
+        version = info.get("version") if isinstance(info, dict) else None
+        raise InputError(f"{field}: {url}: not a shard index this version reads (version "
+                         f"{version!r}, expected {INDEX_VERSION} with a list of shards)")
+    present = set(storage.listdir(root))
+    for s in shards:
+        for name in (s["name"], idx_name(s["name"])):
+            if s["count"] and name not in present:
+                raise NotFound(f"{field}: {root}: {INDEX_FILE} lists {name}, which is missing")
+    return info, raw
+
+
+def _no_index(root: str) -> str:
+    if not storage.exists(root):
+        return "no such directory"
+    if not storage.isdir(root):
+        return "a file, not a directory"
+    names = storage.listdir(root)
+    if any(n.lower().endswith(_IMAGE_EXTS) for n in names):
+        return (f"a folder of images, not shards (no {INDEX_FILE}); make shards with "
+                f"`orl-fast ingest {root} SHARDS`")
+    return f"no {INDEX_FILE} here"
+
 
 @dataclass(frozen=True)
 class Location:
@@ -162,17 +209,20 @@ class ShardIndex:
     """Random access by key or by global position to a directory of shards with an index.json.
 
     Serves image shards (``data`` = JPEG bytes) and any other record shards written with
-    :func:`write_shard` (Stage 2's pair shards: ``data`` = an encoded record).
+    :func:`write_shard` (Stage 2's pair shards: ``data`` = an encoded record). The index is
+    checked when opened (:func:`read_index`; ``field`` and ``what`` name it in the messages);
+    ``digest`` is the SHA-256 of its ``index.json``.
 
     Resident state is O(shards): the shard table plus an LRU of ``cache_shards`` per-shard row
     arrays. Safe to use in DataLoader workers (file handles are reopened after fork).
     """
 
-    def __init__(self, root: str, cache_shards: int = 64):
+    def __init__(self, root: str, cache_shards: int = 64, field: str = "data",
+                 what: str = IMAGE_SHARDS):
         self.root = root.rstrip("/")
-        info = storage.read_json(storage.join(self.root, INDEX_FILE))
-        if info.get("version") != INDEX_VERSION:
-            raise ValueError(f"{root}: unsupported index version {info.get('version')}")
+        info, raw = read_index(self.root, field, what)
+        # Identifies the shard set (mining records it; Stage 3 and resumes compare it).
+        self.digest = hashlib.sha256(raw).hexdigest()
         shards = [s for s in info["shards"] if s["count"] > 0]
         self.shard_names = [s["name"] for s in shards]
         self.counts = np.array([s["count"] for s in shards], dtype=np.int64)

@@ -29,7 +29,8 @@ from mining.manifest import Plan
 from mining.summary import FAILED_KEYS_CAP
 from orl_fast.core import checkpoint
 from orl_fast.core.config import from_dict
-from orl_fast.core.defaults import MineConfig
+from orl_fast.core.defaults import Config, MineConfig
+from orl_fast.core.errors import InputError
 from orl_fast.core.models import Encoder
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,26 @@ def forward_batched(crops: Iterable[torch.Tensor], fn: Callable[[torch.Tensor], 
 # ----------------------------------------------------------------------------- model
 
 
+def load_encoder(ckpt: str) -> tuple[Encoder, Config]:
+    """The online encoder (backbone + projector) of a Stage 1 checkpoint, on the CPU, and the
+    config it was trained with (its model and aug sections); InputError naming ``ckpt`` when the
+    checkpoint does not hold the encoder its config describes."""
+    state = checkpoint.load(ckpt)
+    saved = from_dict({k: v for k, v in (state.get("config") or {}).items()
+                       if k in ("model", "aug")})
+    encoder = Encoder(saved.model)
+    prefix = "online."
+    weights = {k[len(prefix):]: v for k, v in state.get("model", {}).items()
+               if k.startswith(prefix)}
+    try:
+        encoder.load_state_dict(weights)
+    except RuntimeError as e:
+        first = " ".join(str(e).split())[:300]
+        raise InputError(f"ckpt: {ckpt}: does not hold the Stage 1 encoder its config describes "
+                         f"({first})") from None
+    return encoder, saved
+
+
 class ModelRunner:
     """The Stage 1 online encoder (backbone + projector) in eval mode, on one device.
 
@@ -183,13 +204,7 @@ class ModelRunner:
         else:
             torch.backends.cudnn.benchmark = False       # same kernels every run: same bytes
             torch.backends.cudnn.deterministic = True
-        state = checkpoint.load(ckpt)
-        saved = from_dict({k: v for k, v in (state.get("config") or {}).items()
-                           if k in ("model", "aug")})
-        self.encoder = Encoder(saved.model)
-        prefix = "online."
-        self.encoder.load_state_dict(
-            {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+        self.encoder, saved = load_encoder(ckpt)
         self.encoder.eval().requires_grad_(False).to(self.device)
         self.cuda = self.device.type == "cuda"
         if self.cuda:

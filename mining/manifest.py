@@ -38,9 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from loaders.pairs import EXT, PAIRS_DIR, PairRecord
-from loaders.shards import INDEX_FILE, iter_shard
+from loaders.shards import INDEX_FILE, iter_shard, read_index
 from orl_fast.core import checkpoint, storage
 from orl_fast.core.defaults import MineConfig
+from orl_fast.core.errors import NotFound
 
 FORMAT = "orl-fast-mine/1"
 MANIFEST = "manifest.json"
@@ -175,12 +176,11 @@ def make_plan(out: str, data: str, ckpt: str, mine: MineConfig, device: str) -> 
     """Resolve the inputs and compute the stage hashes (reads index.json and the checkpoint)."""
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device must be cuda or cpu, got {device!r}")
-    index_bytes = storage.read_bytes(storage.join(data, INDEX_FILE))
-    index = json.loads(index_bytes)
+    index, index_bytes = read_index(data)
     shards = [s for s in index["shards"] if s["count"] > 0]
     ckpt_file = checkpoint.resolve(ckpt)
     if ckpt_file is None:
-        raise FileNotFoundError(f"no checkpoint at {ckpt!r} (expected a .pt file or a run dir)")
+        raise NotFound(f"ckpt: {ckpt}: no checkpoint here (expected a .pt file or a run dir)")
     inputs = {"data": data, "data_index_sha256": hashlib.sha256(index_bytes).hexdigest(),
               "ckpt": ckpt_file, "ckpt_sha256": file_sha256(ckpt_file)}
     fields = dataclasses.asdict(mine)

@@ -31,12 +31,14 @@ import numpy as np
 from tqdm import tqdm
 
 from loaders.pairs import write_pairs_index
+from loaders.shards import read_index
 from mining import embed, knn, proposals, roi_embed, roi_pairs
 from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, make_plan
 from mining.summary import build_summary
 from orl_fast.core import storage
 from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import Config, MineConfig
+from orl_fast.core.locks import out_lock
 from orl_fast.core.ray_runtime import ray_session
 
 MODEL_STAGES = ("embed", "knn", "roi")
@@ -364,9 +366,23 @@ def finalize(plan: Plan) -> dict:
     return summary
 
 
+def check_inputs(cfg: Config) -> None:
+    """The start-up checks of ``orl-fast mine``, before Ray starts or OUT is touched: the shards'
+    index is readable and complete, the checkpoint holds the Stage 1 encoder it describes."""
+    cfg.require("data", "ckpt", "out")
+    read_index(cfg.data)
+    embed.load_encoder(cfg.ckpt)
+    storage.check_output_dir(cfg.out)
+
+
 def run(cfg: Config, progress: bool = True) -> dict:
     """Mine ``cfg.data`` with the Stage 1 model ``cfg.ckpt`` into ``cfg.out``; returns the summary."""
-    cfg.require("data", "ckpt", "out")
+    check_inputs(cfg)
+    with out_lock(cfg.out, "orl-fast mine"):
+        return _run(cfg, progress)
+
+
+def _run(cfg: Config, progress: bool) -> dict:
     t0 = time.time()
     mine = cfg.mine
     session = (ray_session(mine.ray_address, mine.ray_num_cpus, mine.ray_object_store_mb,

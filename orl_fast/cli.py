@@ -17,9 +17,10 @@ import argparse
 import json
 import os
 import sys
+import traceback
 
 from orl_fast.core.config import ConfigError, load_config
-from orl_fast.core.extras import MissingExtra
+from orl_fast.core.errors import DEBUG_ENV, UserError, debug_requested, one_line
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str = "paper") -> None:
@@ -40,8 +41,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     report = ingest(args.src, args.out, cfg.ingest, progress=not args.quiet)
     print(json.dumps({k: report[k] for k in ("inputs", "written", "converted_images",
-                                              "skipped_images")}))
-    for section in ("skipped", "converted"):
+                                              "skipped_images", "ignored_files")}))
+    for section in ("skipped", "ignored", "converted"):
         for kind, entry in sorted(report[section].items()):
             print(f"  {section} {kind}: {entry['count']}")
     print(f"shards, index.json and report.json in {args.out}")
@@ -83,7 +84,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from orl_fast.training.launch import launch
 
     cfg = load_config(args.config, args.overrides)
-    path = launch(cfg, stage1.run)
+    path = launch(cfg, stage1.run, stage1.prepare)
     if path:
         print(f"stage 1 checkpoint: {path}")
     return 0
@@ -108,7 +109,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         headers[name] = os.environ[var]
     return submit(args.command, address=args.address, working_dir=args.working_dir,
                   pip=args.pip, env_names=args.env, headers=headers, job_id=args.job_id,
-                  wait=not args.no_wait, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+                  wait=not args.no_wait, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                  insecure=args.insecure)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -123,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from orl_fast.training.launch import launch
 
     cfg = load_config(args.config, args.overrides)
-    path = launch(cfg, stage3.run)
+    path = launch(cfg, stage3.run, stage3.prepare)
     if path:
         print(f"stage 3 checkpoint: {path}")
     return 0
@@ -187,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=float, help="CPUs reserved for the entrypoint")
     p.add_argument("--num-gpus", type=float, help="GPUs reserved for the entrypoint")
     p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument("--insecure", action="store_true",
+                   help="send the Ray token, --env values and headers over plain http to a "
+                        "non-loopback address (refused without it)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- orl-fast SUBCOMMAND ...")
     p.set_defaults(func=cmd_submit)
 
@@ -212,7 +217,18 @@ def _split_dashes(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true",
+                        help=f"on an error, show its traceback too (also {DEBUG_ENV}=1)")
+    parser.add_argument("--resume-anyway", action="store_true",
+                        help="pretrain / train: resume OUT's checkpoint even though the config "
+                             "differs from the one it was trained with (train.resume_anyway)")
     argv = sys.argv[1:] if argv is None else argv
+    # The flags of main, anywhere before a "--" (after it: a submitted job's own command).
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = {"--debug", "--resume-anyway"}
+    given = flags.intersection(argv[:end])
+    argv = [a for a in argv[:end] if a not in flags] + argv[end:]
+    debug = "--debug" in given or debug_requested()
     if argv[:1] == ["submit"]:  # everything after "--" is the job's command, verbatim
         head, tail = _split_dashes(argv)
         args = parser.parse_args(head)
@@ -223,14 +239,36 @@ def main(argv: list[str] | None = None) -> int:
         if bad or (extra and not hasattr(args, "config")):
             parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
         args.overrides = extra
+    if "--resume-anyway" in given:
+        if args.func not in (cmd_pretrain, cmd_train):
+            parser.error("--resume-anyway: only pretrain and train resume a run")
+        args.overrides.append("train.resume_anyway=true")
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"orl-fast: config error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("orl-fast: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure is one line (the traceback: --debug)
+        return _report(e, debug)
+
+
+def _report(error: Exception, debug: bool) -> int:
+    """Print ``error`` as one line; 2 for a bad input (the user's to fix), 1 for anything else."""
+    if debug:
+        traceback.print_exc()
+    cause = getattr(error, "cause", None)  # an error raised in a Ray worker: the original one
+    if isinstance(cause, Exception) and isinstance(error, type(cause)):
+        error = cause
+    if isinstance(error, (UserError, OSError)):
+        kind = "config error: " if isinstance(error, ConfigError) else ""
+        print(f"orl-fast: {kind}{one_line(error)}", file=sys.stderr)
         return 2
-    except MissingExtra as e:
-        print(f"orl-fast: {e}", file=sys.stderr)
-        return 2
+    hint = "" if debug else f"; --debug or {DEBUG_ENV}=1 shows the traceback"
+    print(f"orl-fast: internal error: {type(error).__name__}: {one_line(error)}{hint}",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

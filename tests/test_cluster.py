@@ -31,6 +31,7 @@ from cluster import submit as sub
 from orl_fast.cli import build_parser, main
 from orl_fast.core.config import load_config
 from orl_fast.core.defaults import MineConfig, TrainConfig
+from orl_fast.core.errors import UserError
 
 CLUSTER = REPO / "cluster"
 SECRET_NAMES = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
@@ -429,8 +430,49 @@ def test_submit_sends_the_token_and_streams_logs(fake_client, home, capsys, monk
 def test_submit_keeps_a_given_authorization_header(fake_client, monkeypatch):
     fake_client()
     monkeypatch.setenv("RAY_AUTH_TOKEN", "tok")
-    assert sub.submit(["true"], address="http://x", headers={"authorization": "Basic abc"}) == 0
+    assert sub.submit(["true"], address="https://x", headers={"authorization": "Basic abc"}) == 0
     assert FakeClient.instances[-1].headers == {"authorization": "Basic abc"}
+
+
+@pytest.mark.parametrize("address, sent", [
+    ("http://10.0.0.1:8265", False), ("10.0.0.1:8265", False), ("ray://head:10001", False),
+    ("http://127.0.0.1:8265", True), ("http://localhost:8265", True), ("http://[::1]:8265", True),
+    ("https://ray.example.org", True), ("auto", True),
+])
+def test_plain_http_to_another_host_refuses_to_send_secrets(fake_client, monkeypatch, capsys,
+                                                            address, sent):
+    fake_client()
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "tok")
+    if sent:
+        assert sub.submit(["true"], address=address) == 0
+        assert FakeClient.instances[-1].headers == {"Authorization": "Bearer tok"}
+        return
+    with pytest.raises(UserError, match=rf"--address {re.escape(address)}: plain http to another "
+                                        "host would send the Ray token unencrypted"):
+        sub.submit(["true"], address=address)
+    assert not FakeClient.instances  # nothing was sent
+    assert sub.submit(["true"], address=address, insecure=True) == 0
+    assert "--insecure: sending the Ray token unencrypted" in capsys.readouterr().err
+
+
+def test_plain_http_names_every_secret_and_warns_without_them(fake_client, monkeypatch, capsys):
+    fake_client()
+    monkeypatch.setenv("ORL_TEST_A", "a")
+    with pytest.raises(UserError, match=r"would send headers \(X-Proxy\), --env values "
+                                        r"\(ORL_TEST_A\) unencrypted"):
+        sub.submit(["true"], address="http://10.0.0.1:8265", env_names=["ORL_TEST_A"],
+                   headers={"X-Proxy": "p"})
+    assert sub.submit(["true"], address="http://10.0.0.1:8265") == 0  # nothing secret: a warning
+    assert "plain http to another host" in capsys.readouterr().err
+
+
+def test_cli_refusal_is_one_line_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "tok")
+    pytest.importorskip("ray.job_submission")
+    assert main(["submit", "--address", "http://192.0.2.1:8265", "--", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("orl-fast: --address http://192.0.2.1:8265: plain http") and \
+        "\n" not in err
 
 
 def test_submit_uses_ray_address_and_sends_no_header_without_token(fake_client, monkeypatch):

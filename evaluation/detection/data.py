@@ -17,6 +17,7 @@ from evaluation.datasets import parent
 from loaders.images import decode_rgb
 from loaders.sampling import sample_seed
 from orl_fast.core import storage
+from orl_fast.core.errors import InputError
 from orl_fast.core.extras import require
 
 require("pycocotools", "eval", "the detection transfer (COCO masks and metrics)")
@@ -150,8 +151,8 @@ def load_data(train_json: str, val_json: str | None, masks: bool, holdout_frac: 
     val = subset(val, select_images(val, masks, train=False))
     if [c["id"] for c in sorted(train["categories"], key=lambda c: c["id"])] != [
             c["id"] for c in sorted(val["categories"], key=lambda c: c["id"])]:
-        raise ValueError("train and validation files have different categories")
+        raise InputError("--val-json: the train and validation files have different categories")
     if not train["images"] or not val["images"]:
-        raise ValueError(f"no usable images ({len(train['images'])} train, "
+        raise InputError(f"--train-json: no usable images ({len(train['images'])} train, "
                          f"{len(val['images'])} validation)")
     return DetectionData(train, val, train_root, val_root, split)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -27,6 +28,7 @@ from orl_fast.core import storage
 from orl_fast.core.defaults import Config, DetectionConfig
 from orl_fast.core.distributed import Runtime, barrier, init_runtime
 from orl_fast.core.extras import require
+from orl_fast.core.locks import out_lock
 
 require("pycocotools", "eval", "the detection transfer (COCO masks and metrics)")
 from pycocotools import mask as mask_utils  # (after the check that names the extra)
@@ -141,8 +143,16 @@ def run(cfg: Config, train_json: str, val_json: str | None, out: str,
         train_images: str | None = None, val_images: str | None = None,
         progress: bool = True) -> dict:
     """Fine-tune from ``cfg.ckpt`` and from random initialisation with the engine of
-    ``eval.detection.engine``, evaluate both on the validation set; rank 0 writes
-    ``OUT/detection.json|md``. Works under torchrun (DDP)."""
+    ``eval.detection.engine``, evaluate both on the
+    validation set; rank 0 writes ``OUT/detection.json|md``, holding OUT's lock. Works under
+    torchrun (DDP)."""
+    main = os.environ.get("RANK", "0") == "0"
+    with out_lock(out, "orl-fast eval detection") if main else contextlib.nullcontext():
+        return _run(cfg, train_json, val_json, out, train_images, val_images, progress)
+
+
+def _run(cfg: Config, train_json: str, val_json: str | None, out: str,
+         train_images: str | None, val_images: str | None, progress: bool) -> dict:
     dc, ec = cfg.eval.detection, cfg.eval
     fine_tune = engine(dc.engine)
     rt = init_runtime(ec.device)

@@ -12,9 +12,14 @@ from evaluation.detection.model import build_model, make_optimizer
 from evaluation.detection.schedule import Schedule, schedule, stop_iter
 from loaders.sampling import StepBatchSampler, sample_seed
 from loaders.torch_loader import make_loader
+from orl_fast.core.config import flatten
 from orl_fast.core.defaults import Config, DetectionConfig
 from orl_fast.core.distributed import Runtime, barrier, convert_sync_batchnorm
 from orl_fast.training.engine import RunSpec, autocast_for, fit
+
+# eval.detection fields a resumed fine-tuning may change: where it stops, its log / save cadence
+# and the BN re-estimation that follows it.
+RESUME_MAY_CHANGE = ("max_iter", "ckpt_every_iters", "log_every_iters", "precise_bn_iters")
 
 
 def train(weights: Weights, data: DetectionData, cfg: Config, out: str, rt: Runtime,
@@ -48,10 +53,17 @@ def train(weights: Weights, data: DetectionData, cfg: Config, out: str, rt: Runt
         # The RPN / RoI samplers draw from torch's RNG: seeded by (seed, rank, first iteration).
         torch.manual_seed(sample_seed(ec.seed, rt.rank, it))
 
-    # OUT/metrics.jsonl ("iter"), appended in place (local OUT) or staged and uploaded.
+    # OUT/metrics.jsonl ("iter"), appended in place (local OUT) or staged and uploaded. A
+    # resume continues only the fine-tuning of the same weights with the same recipe.
+    recipe = {k: v for k, v in flatten(cfg.to_dict()["eval"]["detection"],
+                                       "eval.detection.").items()
+              if k.rsplit(".", 1)[1] not in RESUME_MAY_CHANGE}
+    identity = {"stage": "detection", "weights": weights.digest, "eval.seed": ec.seed,
+                "eval.precision": ec.precision, **recipe}
     run = RunSpec(out, "detection", cfg, dc.batch_size, dc.log_every_iters, dc.ckpt_every_iters,
                   keep_last=1, precision=ec.precision, log_key="iter", tensorboard=False,
-                  progress=progress, broadcast_buffers=True, extra={"weights": weights.source})
+                  progress=progress, broadcast_buffers=True, extra={"weights": weights.source},
+                  identity=identity)
     fit(model, optimizer, FitSchedule(sched, stop), loader_fn, prepare, rt, run, forward,
         on_start)
     barrier(rt)

@@ -6,20 +6,27 @@
     model (state dict: see orl_fast.core.models), optimizer, rng (torch / cuda / numpy / python)
 
 ``OUT/checkpoints/latest.json`` names the newest one; it is written after the checkpoint itself,
-so it never points at a partial file. Any path that takes a checkpoint accepts the file, the run
-directory or its ``checkpoints`` directory.
+so it never points at a partial file; a ``latest.json`` naming anything but a checkpoint file of
+its own directory (``"../../x.pt"``) is refused. Any path that takes a checkpoint accepts the
+file, the run directory or its ``checkpoints`` directory. A file that is not a checkpoint, or
+one a weights-only load refuses, is an InputError naming it (never torch's advice to load it
+with ``weights_only=False``, which would run code from the file).
 """
 
 from __future__ import annotations
 
 import io
+import pickle
 import random
 import re
+import zipfile
+from typing import Any
 
 import numpy as np
 import torch
 
 from orl_fast.core import storage
+from orl_fast.core.errors import InputError, NotFound
 
 FORMAT = "orl-fast/1"
 CKPT_DIR = "checkpoints"
@@ -52,18 +59,57 @@ def resolve(path: str) -> str | None:
     for directory in (path, storage.join(path, CKPT_DIR)):
         latest = storage.join(directory, LATEST)
         if storage.exists(latest):
-            return storage.join(directory, storage.read_json(latest)["file"])
+            entry = storage.read_json(latest)
+            name = entry.get("file") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise InputError(f"{latest}: names {name!r}, not a checkpoint file of its own "
+                                 "directory (ckpt-NNNNNNNN.pt); refusing to follow it")
+            return storage.join(directory, name)
     return None
+
+
+def read_torch(url: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of the file at ``url`` (local or any URL); InputError
+    naming the file when it cannot be read or is not a weights-only loadable torch file."""
+    try:
+        with storage.open_file(url, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"{url}: cannot be read ({e.strerror or e})") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile,
+            AttributeError, KeyError, TypeError, IndexError) as e:
+        raise InputError(f"{url}: not a checkpoint this can load ({_load_problem(e)})") from None
+
+
+def _load_problem(e: Exception) -> str:
+    """What torch says is wrong with a file, in its first sentence, without its advice on
+    loading it unsafely or allow-listing its objects."""
+    text = " ".join(str(e).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # a weights-only refusal: the unpickler's own reason
+        reason = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+        return ("not a tensor file, or one holding objects other than tensors and plain "
+                f"containers: {_first_sentence(reason)}")
+    return f"{type(e).__name__}: {_first_sentence(text)}" if text else type(e).__name__
+
+
+def _first_sentence(text: str) -> str:
+    text = text.strip()
+    end = text.find(". ")
+    return text[:end + 1] if end >= 0 else text
 
 
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:
     resolved = resolve(path)
     if resolved is None:
-        raise FileNotFoundError(f"no checkpoint at {path!r} (expected a .pt file or a run directory)")
-    with storage.open_file(resolved, "rb") as f:
-        state = torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=True)
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{resolved}: not an orl-fast checkpoint (format {state.get('format')!r})")
+        raise NotFound(f"{path}: no checkpoint here (expected a .pt file or a run directory "
+                         "with checkpoints/latest.json)")
+    state = read_torch(resolved, map_location)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise InputError(f"{resolved}: not an orl-fast checkpoint (format {found!r})")
     return state
 
 
@@ -99,5 +145,6 @@ def backbone_state_dict(state: dict, branch: str = "online") -> dict[str, torch.
     prefix = f"{branch}.backbone."
     sd = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
     if not sd:
-        raise KeyError(f"checkpoint has no {prefix}* weights")
+        raise InputError(f"ckpt: the checkpoint has no {prefix}* weights (not a Stage 1 or "
+                         "Stage 3 model)")
     return sd

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from orl_fast.core.errors import UserError
+
 if TYPE_CHECKING:
     from orl_fast.core.defaults import Config
 
@@ -31,7 +33,7 @@ PATH_FIELDS = {"data": "the image shards of `orl-fast ingest`", "out": "the outp
                "ckpt": "a checkpoint or run directory, or random", "pairs": "the Stage 2 output directory"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown or out of range; the message names the field."""
 
 
@@ -55,12 +57,27 @@ class ConfigRoot:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def flat(self) -> dict[str, Any]:
+        """Every field by its dotted name (``train.batch_size``), as :func:`flatten` gives."""
+        return flatten(self.to_dict())
+
     def hash(self, *sections: str) -> str:
         """A short stable hash of the named sections (all when none): what a stage's output depends on."""
         d = self.to_dict()
         if sections:
             d = {s: d[s] for s in sections}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict (a config's :meth:`~ConfigRoot.to_dict`) by dotted names of its leaves."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def validate_sections(obj: Any, prefix: str) -> None:
@@ -88,7 +105,12 @@ def load_config(name_or_path: str | None = "paper", overrides: list[str] | None 
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected FIELD=VALUE, e.g. train.batch_size=256")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})"
+                              ) from None
+        _set_dotted(data, key.strip(), value)
     return from_dict(data).validate()
 
 
@@ -112,11 +134,27 @@ def _read_yaml(name_or_path: str) -> dict[str, Any]:
     else:
         if not path.exists():
             raise ConfigError(f"config {name_or_path!r}: file not found")
-        text = path.read_text()
-    data = yaml.safe_load(text) or {}
+        if not path.is_file():
+            raise ConfigError(f"config {name_or_path!r}: not a file")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config {name_or_path!r}: cannot be read "
+                              f"({getattr(e, 'strerror', None) or e})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {name_or_path!r}: not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {name_or_path!r}: top level must be a mapping")
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """Where and what, in one line: "line 3, column 7: expected ',' or ']'"."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -149,6 +149,10 @@ class TrainConfig:
     log_every_steps: int = 20
     # Stop after this many optimiser steps (0: run all epochs). Schedules still span all epochs.
     max_steps: int = 0
+    # A run resumes OUT's checkpoint only when it was trained with the same config (but for the
+    # fields that may change: epochs, max_steps, logging and checkpoint cadence, workers, device,
+    # launcher; orl_fast.training.engine.RESUME_MAY_CHANGE) and inputs; true: resume anyway.
+    resume_anyway: bool = False
     # Where the ranks come from. direct: this process is the run (alone, or one of the processes
     # torchrun starts, on one node or many). ray: Ray Train starts ray_workers ranks on a Ray
     # cluster (a private loopback one unless ray_address or RAY_ADDRESS names one), each with
@@ -187,14 +191,18 @@ class IngestConfig:
     min_side: int = 32
     # Images with more pixels are skipped as "decompression_bomb" before decoding.
     max_pixels: int = 178_956_970
-    # Larger images are downscaled so that the longer side is max_side (0: keep the size).
+    # Larger images are downscaled so that the longer side is max_side (0: keep the size, as
+    # the paper's selective search sees full-resolution images). Large JPEGs are then decoded
+    # at a reduced scale, other 8-bit images reduced before their colour conversion.
     max_side: int = 0
+    # Inputs with more bytes are skipped as "too_large" (no more than this is ever read).
+    max_bytes: int = 256 << 20
     extensions: tuple[str, ...] = (
         ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
     )
 
     def validate(self, p: str) -> None:
-        _positive(p, self, "shard_size", "min_side", "max_pixels")
+        _positive(p, self, "shard_size", "min_side", "max_pixels", "max_bytes")
         _non_negative(p, self, "workers", "max_side")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"{p}jpeg_quality: must be in [1, 100], got {self.jpeg_quality}")

@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from orl_fast.core.errors import UserError
 
-class MissingExtra(ImportError):
+
+class MissingExtra(UserError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
 

@@ -22,11 +22,13 @@ class RunLog:
     A local OUT gets both in place as they are written. A remote OUT (s3://, gs://, any fsspec
     URL) gets them from a local staging directory: :meth:`sync` (after every checkpoint, and in
     :meth:`close`) uploads the staged ``metrics.jsonl`` and every TensorBoard event file that grew,
-    each whole in one atomic write, so OUT holds a complete, readable log at any time. A resumed
-    remote run (``resumed_at`` = the checkpoint's step) starts from the uploaded
-    ``metrics.jsonl`` cut at that step: lines a killed run logged after its last checkpoint are
-    dropped, as those steps are trained and logged again; TensorBoard hides them too
-    (``purge_step``). The event files of earlier runs stay in OUT/tb beside the new one.
+    each whole in one atomic write, so OUT holds a complete, readable log at any time.
+
+    A resumed run (``resumed_at`` = the checkpoint's step; 0 for a run started afresh in an OUT
+    a killed run logged into), local or remote, starts from ``metrics.jsonl`` cut at that step:
+    lines a killed run logged after its last checkpoint are dropped, as those steps are trained
+    and logged again; TensorBoard hides them too (``purge_step``). The event files of earlier
+    runs stay in OUT/tb beside the new one.
 
     ``enabled=False`` (ranks other than the main one) logs nothing.
     """
@@ -42,28 +44,38 @@ class RunLog:
         self._dirty = False
         if not enabled:
             return
+        url = storage.join(out, METRICS_FILE)
+        kept = self._kept(url, resumed_at)
         if self.remote:
             self._staging = tempfile.mkdtemp(prefix="orl-fast-log-")
             self.metrics_path = os.path.join(self._staging, METRICS_FILE)
             self.tb_dir = os.path.join(self._staging, TB_DIR)
-            self._restore(resumed_at)
+            with open(self.metrics_path, "w") as f:
+                f.writelines(kept)
         else:
-            self.metrics_path = storage.join(out, METRICS_FILE)
+            self.metrics_path = url
             self.tb_dir = storage.join(out, TB_DIR)
+            if storage.exists(url):
+                storage.atomic_write(url, "".join(kept).encode())
         if tb_prefix is not None:
-            purge = resumed_at + 1 if self.remote and resumed_at else None
-            self.writer = SummaryWriter(self.tb_dir, purge_step=purge)
+            earlier = resumed_at or storage.listdir(storage.join(out, TB_DIR))
+            self.writer = SummaryWriter(self.tb_dir,
+                                        purge_step=resumed_at + 1 if earlier else None)
 
-    def _restore(self, resumed_at: int) -> None:
-        """Stage the remote metrics.jsonl up to step ``resumed_at`` (nothing for a new run)."""
-        url = storage.join(self.out, METRICS_FILE)
+    def _kept(self, url: str, resumed_at: int) -> list[str]:
+        """The lines of the metrics.jsonl at ``url`` up to step ``resumed_at`` (a line cut short
+        by a kill is dropped)."""
+        if not storage.exists(url):
+            return []
         kept = []
-        if resumed_at and storage.exists(url):
-            for line in storage.read_text(url).splitlines():
-                if line.strip() and json.loads(line).get(self.key, 0) <= resumed_at:
-                    kept.append(line + "\n")
-        with open(self.metrics_path, "w") as f:
-            f.writelines(kept)
+        for line in storage.read_text(url).splitlines():
+            try:
+                step = json.loads(line).get(self.key, 0)
+            except (ValueError, AttributeError):
+                continue
+            if step <= resumed_at:
+                kept.append(line + "\n")
+        return kept
 
     def log(self, step: int, scalars: dict) -> None:
         if not self.enabled:

@@ -20,6 +20,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from orl_fast.core.errors import InputError
 from orl_fast.core.extras import MissingExtra
 
 TMP_MARK = ".tmp-"
@@ -82,7 +83,29 @@ def read_text(url: str) -> str:
 
 
 def read_json(url: str) -> Any:
-    return json.loads(read_bytes(url))
+    """The JSON document at ``url``; InputError naming the file when it is not valid JSON."""
+    data = read_bytes(url)
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{url}: not valid JSON ({e})") from None
+
+
+def check_output_dir(url: str, field: str = "out") -> None:
+    """``url`` can take a step's outputs: a directory, or a place one can be made (local: the
+    nearest existing parent is a writable directory). InputError naming ``field`` otherwise."""
+    fs, path = url_to_fs(url)
+    if fs.exists(path) and not fs.isdir(path):
+        raise InputError(f"{field}: {url}: is a file, not a directory")
+    if not isinstance(fs, LocalFileSystem):
+        return
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"{field}: {url}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{field}: {url}: {parent} is not writable")
 
 
 def isdir(url: str) -> bool:

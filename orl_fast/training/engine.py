@@ -5,10 +5,19 @@ One optimiser step, readable in one screen (:func:`fit`): set lr(step) -> forwar
 checkpoint. Resuming, autocast, DDP, checkpoints and logs are done here once. Data order and
 augmentations are pure functions of (seed, step), so resuming from a checkpoint continues the very
 same run.
+
+A resume checks what it resumes (:func:`resume_state`): every checkpoint records the run's
+identity (its config without the fields of :data:`RESUME_MAY_CHANGE`, and its inputs: the SHA-256
+of the shards' and pairs' ``index.json``, which lists every shard with its key range and bytes,
+so the same data moved elsewhere is the same input); a run whose identity differs is refused,
+naming the fields, unless
+``train.resume_anyway`` (``--resume-anyway``) says to continue it with the new config; a checkpoint
+that does not fit the model is refused either way.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,8 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from orl_fast.core import checkpoint, storage
+from orl_fast.core.config import ConfigError, flatten
 from orl_fast.core.defaults import Config, OptimConfig
 from orl_fast.core.distributed import Runtime, convert_sync_batchnorm, mean_across_ranks
+from orl_fast.core.errors import InputError
 from orl_fast.core.models import online_target_distance
 from orl_fast.core.runlog import RunLog
 from orl_fast.training.schedules import ema_tau, learning_rate
@@ -64,8 +75,8 @@ class Schedule:
         t = cfg.train
         self.steps_per_epoch = num_images // t.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"train.batch_size={t.batch_size} is larger than the dataset "
-                             f"({num_images} images); lower it")
+            raise ConfigError(f"train.batch_size: {t.batch_size} is larger than the data set "
+                              f"({num_images} images in data={cfg.data}); lower it")
         self.total_steps = t.epochs * self.steps_per_epoch
         self.stop_step = min(self.total_steps, t.max_steps) if t.max_steps else self.total_steps
         self.base_lr = cfg.optim.base_lr * t.batch_size / cfg.optim.lr_base_batch
@@ -144,12 +155,107 @@ class RunSpec:
     # Log the model's collapse monitors (forward(..., diagnostics=True) on logging steps) and
     # the online-target distance (models with an EMA target).
     monitors: bool = False
+    # What a checkpoint of this run must match to be resumed (see resume_state); None: any.
+    identity: dict | None = None
+    resume_anyway: bool = False
 
     @classmethod
-    def of_stage(cls, cfg: Config, stage: str) -> RunSpec:
-        t = cfg.train
+    def of_stage(cls, cfg: Config, stage: str, inputs: dict | None = None) -> RunSpec:
+        """A Stage 1 / Stage 3 run; ``inputs``: the digests of its input paths (data, pairs,
+        ckpt), which stand for those paths in its identity (default: the absolute paths)."""
+        t, config = cfg.train, cfg.to_dict()
         return cls(cfg.out, stage, cfg, t.batch_size, t.log_every_steps, t.ckpt_every_steps,
-                   t.keep_last, t.precision, t.compile, monitors=True)
+                   t.keep_last, t.precision, t.compile, monitors=True,
+                   identity=run_identity(stage, config, inputs or input_paths(config)),
+                   resume_anyway=t.resume_anyway)
+
+
+# What a resumed Stage 1 / Stage 3 run may change; every other field must be what its checkpoint
+# was trained with. Exact names, or section prefixes ending in ".".
+RESUME_MAY_CHANGE = (
+    "out",                         # the run's directory, wherever it is now
+    "train.epochs",                # train longer: the schedule is recomputed over the new length
+    "train.max_steps",             # where this invocation stops (schedules span all epochs)
+    "train.log_every_steps", "train.ckpt_every_steps", "train.keep_last",  # log / save cadence
+    # Where and how the same steps run: data order and augmentations are pure functions of
+    # (seed, step), whatever the workers, device, loader or number of ranks (the batch is global).
+    "train.num_workers", "train.prefetch_factor", "train.device", "train.compile",
+    "train.channels_last", "train.deterministic", "train.launcher", "train.ray_workers",
+    "train.ray_cpus_per_worker", "train.ray_gpus_per_worker", "train.ray_address",
+    "train.ray_max_failures", "orl.loader",
+    "train.resume_anyway",         # the switch itself
+    "ingest.", "eval.",            # other steps' settings
+    "mine.",                       # Stage 2's: the pairs it made are compared by content
+)
+# The input paths of a run: compared by the digests the stage gives (RunSpec.of_stage).
+INPUT_FIELDS = ("data", "pairs", "ckpt")
+
+
+def _may_change(name: str) -> bool:
+    return any(name == f or (f.endswith(".") and name.startswith(f)) for f in RESUME_MAY_CHANGE)
+
+
+def run_identity(stage: str, config: dict, inputs: dict) -> dict:
+    """What a checkpoint of a ``stage`` run with ``config`` (a to_dict) and ``inputs`` (input
+    field -> content digest or path) stands for: the fields that may not change, flattened."""
+    ident = {k: v for k, v in flatten(config).items()
+             if not _may_change(k) and k not in INPUT_FIELDS}
+    return {"stage": stage, **ident, **inputs}
+
+
+def input_paths(config: dict) -> dict:
+    """The input fields as absolute paths: the identity of checkpoints that carry none."""
+    return {k: os.path.abspath(v) if v and "://" not in v and v != "random" else v
+            for k, v in config.items() if k in INPUT_FIELDS}
+
+
+def resume_state(run: RunSpec, model: nn.Module) -> dict | None:
+    """The checkpoint of ``run.out`` to resume from (on the CPU), checked; None for a new run.
+
+    ConfigError naming the fields when the checkpoint's run differs from ``run`` in anything but
+    :data:`RESUME_MAY_CHANGE` (unless ``run.resume_anyway``); InputError when its weights do not
+    fit ``model`` (whatever the switch)."""
+    path = checkpoint.resolve(run.out) if storage.exists(checkpoint.ckpt_dir(run.out)) else None
+    if path is None:
+        return None
+    state = checkpoint.load(path)
+    if run.identity is not None and not run.resume_anyway:
+        old, new = state.get("identity"), run.identity
+        if old is None and state.get("stage") in ("stage1", "stage3"):  # an earlier version's
+            old = run_identity(state["stage"], state["config"], input_paths(state["config"]))
+            new = run_identity(run.stage, run.config.to_dict(),
+                               input_paths(run.config.to_dict()))
+        if old is not None:
+            differ = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+            if differ:
+                raise ConfigError(_refusal(run, state, differ, old, new))
+    _check_fits(path, state["model"], model)
+    return state
+
+
+def _refusal(run: RunSpec, state: dict, differ: list[str], old: dict, new: dict) -> str:
+    def show(v: Any) -> str:
+        text = str(v)
+        return text[:12] + "..." if len(text) > 40 else text
+
+    changes = "; ".join(f"{k}: {show(old[k])} -> {show(new[k])}" for k in differ[:4])
+    more = f"; {len(differ) - 4} more" if len(differ) > 4 else ""
+    return (f"out: {run.out} holds a {state.get('stage', '?')} run at step {state.get('step')} "
+            f"that differs in {', '.join(differ)} ({changes}{more}): use another out, or "
+            "--resume-anyway (train.resume_anyway=true) to continue it with this config")
+
+
+def _check_fits(path: str, saved: dict, model: nn.Module) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [k for k in own if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(v)} {what}, e.g. {v[0]}" for v, what in
+                 ((missing, "weights missing"), (unexpected, "unexpected weights"),
+                  (shapes, "of other shapes")) if v]
+        raise InputError(f"out: {path}: the checkpoint does not fit this model "
+                         f"({'; '.join(parts)})")
 
 
 def setup_model(cfg: Config, model: nn.Module, rt: Runtime) -> tuple[nn.Module, torch.optim.SGD]:
@@ -189,26 +295,32 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, sched: LoopSchedule,
         loader_fn: Callable[[int, int], Iterable[Any]],
         prepare: Callable[[Any, torch.device], Any], rt: Runtime, run: RunSpec,
         forward: Callable[[nn.Module, Any], tuple[torch.Tensor, dict]] = call,
-        on_start: Callable[[int], None] | None = None) -> str:
+        on_start: Callable[[int], None] | None = None, resume: dict | None = None) -> str:
     """Train ``model`` (placed on ``rt.device``) from ``run.out``'s checkpoint, if any.
 
     ``loader_fn(start_step, stop_step)`` yields the batches of those steps for this rank,
     ``prepare(batch, device)`` turns one into model inputs and ``forward(model, inputs)`` returns
     (loss, metrics) (default: the model called with them). ``model.update_target(tau)`` runs after
     every step whose ``sched.tau`` is not None. ``on_start(step)`` runs once the resume point is
-    known. Returns the path of the last checkpoint.
+    known. ``resume``: the checkpoint :func:`resume_state` gave the caller (else it is looked
+    up and checked here). Returns the path of the last checkpoint.
     """
     dtype = next(model.parameters()).dtype
     step = 0
-    resumed = checkpoint.resolve(run.out) if storage.exists(checkpoint.ckpt_dir(run.out)) else None
-    if resumed:
-        state = checkpoint.load(resumed, map_location=rt.device)
+    state = resume if resume is not None else resume_state(run, model)
+    resumed = checkpoint.resolve(run.out) if state is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as e:  # other parameter groups (another optim config, resumed anyway)
+            raise InputError(f"out: {resumed}: the optimiser state does not fit this run ({e})"
+                             ) from None
         checkpoint.set_rng_state(state["rng"])
         step = state["step"]
         if rt.is_main and run.progress:
-            print(f"[{run.stage}] resumed from {resumed} at step {step}/{sched.stop_step}")
+            note = "" if step < sched.stop_step else " (nothing left to train)"
+            print(f"[{run.stage}] resumed from {resumed} at step {step}/{sched.stop_step}{note}")
     if on_start is not None:
         on_start(step)
 
@@ -233,6 +345,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, sched: LoopSchedule,
         payload = {
             "stage": run.stage, "step": at_step, "total_steps": sched.total_steps,
             "config": run.config.to_dict(), "config_hash": run.config.hash(),
+            **({} if run.identity is None else {"identity": run.identity}),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": checkpoint.rng_state(), **run.extra,
         }

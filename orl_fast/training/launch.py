@@ -32,9 +32,10 @@ from orl_fast.core import checkpoint, storage
 from orl_fast.core.config import ConfigError, from_dict
 from orl_fast.core.defaults import Config
 from orl_fast.core.extras import require
+from orl_fast.core.locks import out_lock
 from orl_fast.core.ray_runtime import ray_session
 
-RunFn = Callable[[Config], str]
+RunFn = Callable[..., str]  # run_fn(cfg, lock_out=True) -> the last checkpoint
 
 STORE_TIMEOUT = datetime.timedelta(minutes=10)
 
@@ -77,11 +78,19 @@ def _join_group(use_gpu: bool) -> None:
               flush=True)
 
 
-def launch(cfg: Config, run_fn: RunFn) -> str:
-    """Run a stage with the ranks ``train.launcher`` names; returns OUT's last checkpoint."""
+def launch(cfg: Config, run_fn: RunFn, prepare_fn: Callable[[Config], object] | None = None
+           ) -> str:
+    """Run a stage with the ranks ``train.launcher`` names; returns OUT's last checkpoint.
+
+    With Ray, this process checks the stage's inputs first (``prepare_fn``, e.g.
+    ``stage1.prepare``: nothing starts on the cluster when they are wrong) and holds OUT's lock
+    for the whole run (restarted worker groups included); the ranks then run ``run_fn``."""
     if cfg.train.launcher == "ray":
         cfg.require("data", "out")
-        return ray_train(cfg, run_fn)
+        with out_lock(cfg.out, f"orl-fast {run_fn.__module__.rsplit('.', 1)[-1]} (ray train)"):
+            if prepare_fn is not None:
+                prepare_fn(cfg)
+            return ray_train(cfg, run_fn)
     return run_fn(cfg)
 
 
@@ -95,7 +104,7 @@ def _worker(loop_config: dict) -> None:
     torch.set_num_threads(cfg.train.ray_cpus_per_worker)
     _join_group(cfg.train.device == "cuda")
     try:
-        loop_config["run_fn"](cfg)
+        loop_config["run_fn"](cfg, lock_out=False)  # the driver holds OUT's lock
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

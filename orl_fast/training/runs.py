@@ -1,5 +1,9 @@
-"""What both stages do around the loop: seeds, the run's config file, the loader (DALI or torch)
-over the sample plans, and batches -> the model's named inputs.
+"""What both stages do around the loop: seeds, the start-up checks and the run's config file, the
+loader (DALI or torch) over the sample plans, and batches -> the model's named inputs.
+
+A stage first checks everything it reads (:func:`prepare`: the shards, the pairs, the checkpoints,
+the batch against the data set, the checkpoint it would resume and its config) and only then
+writes into OUT (``config.yaml``, checkpoints, logs), holding OUT's lock (:func:`writing`).
 
 Stage 1 and Stage 3 share all of it: the same sample plans (:mod:`loaders.orl_samples`), rendered
 by the same loaders (:mod:`loaders.dali_loader` on the GPU, :mod:`loaders.orl_torch` on the
@@ -9,7 +13,10 @@ trained by the same loop (:func:`orl_fast.training.engine.fit`).
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,7 +31,8 @@ from loaders.torch_loader import make_loader
 from orl_fast.core import storage
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import Runtime
-from orl_fast.training.engine import RunSpec, Schedule, fit, setup_model
+from orl_fast.core.locks import out_lock
+from orl_fast.training.engine import RunSpec, Schedule, fit, resume_state, setup_model
 
 # Which patches of a batch feed which loss term (the crops of loaders.orl_samples).
 TERM_CROPS = (("intra", 2), ("inter", 4))
@@ -45,6 +53,42 @@ def write_run_config(cfg: Config, rt: Runtime) -> None:
     if rt.is_main:
         storage.makedirs(cfg.out)
         storage.atomic_write(storage.join(cfg.out, "config.yaml"), cfg.to_yaml().encode())
+
+
+@dataclass
+class Prepared:
+    """A stage whose inputs passed the start-up checks, before anything is written."""
+
+    cfg: Config
+    builder: SampleBuilder
+    model: nn.Module
+    schedule: Schedule
+    run: RunSpec
+    resume: dict | None  # the checkpoint of OUT to continue (checked), None for a new run
+
+
+def prepare(cfg: Config, stage: str, builder: SampleBuilder, model: nn.Module,
+            inputs: dict | None = None) -> Prepared:
+    """The checks of a stage that come before any work: the batch against the data set, and
+    OUT's checkpoint (if any) against this run (:func:`~orl_fast.training.engine.resume_state`).
+    ``inputs``: more input fields of the run's identity (e.g. Stage 3's ckpt) beside the content
+    digests of the shards and pairs ``builder`` opened."""
+    digests = {"data": builder.images.digest}
+    if builder.pairs is not None:
+        digests["pairs"] = builder.pairs.digest
+    run = RunSpec.of_stage(cfg, stage, {**digests, **(inputs or {})})
+    schedule = Schedule(cfg, len(builder))
+    return Prepared(cfg, builder, model, schedule, run, resume_state(run, model))
+
+
+@contextlib.contextmanager
+def writing(cfg: Config, rt: Runtime, stage: str, lock: bool = True) -> Iterator[None]:
+    """OUT's lock for the block, held by the main rank (``lock=False``: a launcher holds it)."""
+    if rt.is_main and lock:
+        with out_lock(cfg.out, f"orl-fast {stage}"):
+            yield
+    else:
+        yield
 
 
 def choose_loader(cfg: Config, device: torch.device) -> str:
@@ -97,10 +141,11 @@ def to_inputs(cfg: Config, crops: tuple[int, ...]):
     return prepare
 
 
-def train(cfg: Config, model: nn.Module, builder: SampleBuilder, rt: Runtime, stage: str,
-          kind: str) -> str:
-    """Place ``model``, then :func:`fit` it on the plans of ``builder`` rendered by ``kind``."""
-    model, optimizer = setup_model(cfg, model, rt)
-    return fit(model, optimizer, Schedule(cfg, len(builder)),
-               make_loader_fn(cfg, builder, rt, kind), to_inputs(cfg, builder.crops), rt,
-               RunSpec.of_stage(cfg, stage))
+def train(p: Prepared, rt: Runtime, kind: str) -> str:
+    """Write the run's config, place the model, then :func:`fit` it on the plans of the
+    builder rendered by ``kind``."""
+    cfg = p.cfg
+    write_run_config(cfg, rt)
+    model, optimizer = setup_model(cfg, p.model, rt)
+    return fit(model, optimizer, p.schedule, make_loader_fn(cfg, p.builder, rt, kind),
+               to_inputs(cfg, p.builder.crops), rt, p.run, resume=p.resume)

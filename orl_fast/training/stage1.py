@@ -12,18 +12,27 @@ from loaders.orl_samples import SampleBuilder
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import init_runtime, shutdown
 from orl_fast.core.models import IMAGE_ONLY, ORL
-from orl_fast.training.runs import choose_loader, seed_everything, train, write_run_config
+from orl_fast.training import runs
+from orl_fast.training.runs import choose_loader, seed_everything
+
+STAGE = "stage1"
 
 
-def run(cfg: Config) -> str:
-    """Train Stage 1 in this process (alone, or as one torchrun / Ray Train rank)."""
+def prepare(cfg: Config) -> runs.Prepared:
+    """Stage 1's start-up checks (the shards, the batch, OUT's checkpoint); nothing is written."""
+    cfg.require("data", "out")
+    return runs.prepare(cfg, STAGE, SampleBuilder(cfg, IMAGE_ONLY), ORL(cfg.model, IMAGE_ONLY))
+
+
+def run(cfg: Config, lock_out: bool = True) -> str:
+    """Train Stage 1 in this process (alone, or as one torchrun / Ray Train rank); ``lock_out``:
+    take OUT's lock (False: the launcher holds it)."""
     cfg.require("data", "out")
     rt = init_runtime(cfg.train.device)
     try:
         seed_everything(cfg)
-        builder = SampleBuilder(cfg, IMAGE_ONLY)
         kind = choose_loader(cfg, rt.device)
-        write_run_config(cfg, rt)
-        return train(cfg, ORL(cfg.model, IMAGE_ONLY), builder, rt, "stage1", kind)
+        with runs.writing(cfg, rt, STAGE, lock_out):
+            return runs.train(prepare(cfg), rt, kind)
     finally:
         shutdown()

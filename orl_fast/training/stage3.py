@@ -15,7 +15,11 @@ from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import init_runtime, shutdown
 from orl_fast.core.models import ORL
-from orl_fast.training.runs import choose_loader, seed_everything, train, write_run_config
+from orl_fast.training import runs
+from orl_fast.training.engine import input_paths
+from orl_fast.training.runs import choose_loader, seed_everything
+
+STAGE = "stage3"
 
 
 def init_from_stage1(model: ORL, path: str) -> None:
@@ -27,28 +31,48 @@ def init_from_stage1(model: ORL, path: str) -> None:
     if missing:
         raise ConfigError(f"ckpt: {path} is not a Stage 1 checkpoint of this model "
                           f"(no {missing[0]}, {len(missing)} weights missing)")
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if shapes:
+        raise ConfigError(f"ckpt: {path} is a Stage 1 checkpoint of another model (size "
+                          f"mismatch of {len(shapes)} weights, e.g. {shapes[0]}: "
+                          f"{tuple(state[shapes[0]].shape)} there, {tuple(own[shapes[0]].shape)} "
+                          "here; model.* must be the Stage 1 run's)")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
-def run(cfg: Config) -> str:
-    """Train Stage 3 in this process (alone, or as one torchrun / Ray Train rank)."""
+def prepare(cfg: Config) -> runs.Prepared:
+    """Stage 3's start-up checks (the shards, the pairs and that they were mined from these
+    shards, the Stage 1 checkpoint against the model, the batch, OUT's checkpoint); nothing is
+    written. The Stage 1 weights are loaded (a resumed run then loads its own checkpoint)."""
     cfg.require("data", "out")
     if cfg.orl.init == "stage1":
         cfg.require("ckpt")
+    builder = SampleBuilder(cfg)
+    model = ORL(cfg.model, cfg.orl.loss_weights)
+    inputs = {}
+    if cfg.orl.init == "stage1":
+        init_from_stage1(model, cfg.ckpt)
+        inputs["ckpt"] = input_paths(cfg.to_dict())["ckpt"]
+    return runs.prepare(cfg, STAGE, builder, model, inputs)
+
+
+def run(cfg: Config, lock_out: bool = True) -> str:
+    """Train Stage 3 in this process (alone, or as one torchrun / Ray Train rank); ``lock_out``:
+    take OUT's lock (False: the launcher holds it)."""
+    cfg.require("data", "out")
     rt = init_runtime(cfg.train.device)
     try:
         seed_everything(cfg)
-        builder = SampleBuilder(cfg)
         kind = choose_loader(cfg, rt.device)
-        write_run_config(cfg, rt)
-        model = ORL(cfg.model, cfg.orl.loss_weights)
-        if cfg.orl.init == "stage1":
-            init_from_stage1(model, cfg.ckpt)  # a resumed run then loads its own checkpoint
-        if rt.is_main:
-            records = f", {len(builder.pairs)} pair records" if builder.pairs is not None else ""
-            print(f"[stage3] {len(builder)} images{records}, loader {kind}, patches "
-                  f"{cfg.orl.patches}, boxes {cfg.orl.boxes}, loss weights {cfg.orl.loss_weights}, "
-                  f"K {builder.knn_k or '-'}, N {builder.topn_frac or '-'}, init {cfg.orl.init}")
-        return train(cfg, model, builder, rt, "stage3", kind)
+        with runs.writing(cfg, rt, STAGE, lock_out):
+            p = prepare(cfg)
+            if rt.is_main:
+                b = p.builder
+                records = f", {len(b.pairs)} pair records" if b.pairs is not None else ""
+                print(f"[stage3] {len(b)} images{records}, loader {kind}, patches "
+                      f"{cfg.orl.patches}, boxes {cfg.orl.boxes}, loss weights "
+                      f"{cfg.orl.loss_weights}, K {b.knn_k or '-'}, N {b.topn_frac or '-'}, "
+                      f"init {cfg.orl.init}")
+            return runs.train(p, rt, kind)
     finally:
         shutdown()
