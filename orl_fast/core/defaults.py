@@ -173,7 +173,10 @@ class TrainConfig:
 
 @dataclass
 class IngestConfig:
-    shard_size: int = 1000
+    # Images per shard (a shard is one unit of ingest and of every Stage 2 step). 0: chosen from
+    # the number of inputs and the workers, about four shards per worker, between 32 and 1000
+    # images each (loaders.ingest.choose_shard_size).
+    shard_size: int = 0
     # Worker processes (0: one per CPU core).
     workers: int = 0
     # Quality for images that must be re-encoded (non-JPEG, CMYK, 16-bit, alpha, rotated, ...).
@@ -189,8 +192,8 @@ class IngestConfig:
     )
 
     def validate(self, p: str) -> None:
-        _positive(p, self, "shard_size", "min_side", "max_pixels")
-        _non_negative(p, self, "workers", "max_side")
+        _positive(p, self, "min_side", "max_pixels")
+        _non_negative(p, self, "shard_size", "workers", "max_side")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"{p}jpeg_quality: must be in [1, 100], got {self.jpeg_quality}")
 
