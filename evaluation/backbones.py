@@ -1,5 +1,6 @@
-"""The weights an evaluation runs on: an orl-fast checkpoint, a torchvision state dict, or random
-initialisation (the baseline every evaluation reports beside a checkpoint).
+"""The weights an evaluation runs on: an orl-fast checkpoint, a torchvision or timm ResNet weights
+file (a state dict; ``.safetensors`` too), or random initialisation (the baseline every
+evaluation reports beside a checkpoint).
 
 A :class:`Weights` carries the torchvision ResNet state dict (``fc`` excluded), the architecture
 name and a content digest of the tensors: the feature cache is keyed by that digest, so the same
@@ -9,14 +10,13 @@ weights hit the same cache whichever file they were read from.
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from orl_fast.core import checkpoint, storage
-from orl_fast.core.models import build_backbone
+from orl_fast.core.models import build_backbone, check_resnet, read_weights, resnet_weights
 
 RANDOM = "random"
 
@@ -30,6 +30,7 @@ class Weights:
     digest: str  # sha256 over (arch, key, dtype, shape, bytes) of every tensor
     stage: str = ""  # the checkpoint's stage (stage1, stage3), if any
     stem: str = "imagenet"  # model.stem of the checkpoint
+    step: int | None = None  # the checkpoint's optimiser step, if any
 
     def build(self) -> nn.Module:
         """The backbone (``fc`` = Identity) with these weights, in eval mode."""
@@ -84,28 +85,25 @@ def recalibrate_bn(weights: Weights, images: torch.Tensor, batch_size: int = 128
 
 def load(path: str, arch: str = "resnet50") -> Weights:
     """An orl-fast checkpoint (file or run directory; its config names the architecture) or a
-    torchvision ResNet state dict file (``arch`` names it; ``fc.*`` is dropped)."""
+    torchvision / timm ResNet weights file (``arch`` names it; ``fc.*`` is dropped)."""
     fs, fs_path = storage.url_to_fs(path)
     resolved = path if fs.isfile(fs_path) else checkpoint.resolve(path)
     if resolved is None:
         raise FileNotFoundError(f"no checkpoint at {path!r} (expected an orl-fast checkpoint, "
                                 "its run directory, or a torchvision state dict file)")
-    with storage.open_file(resolved, "rb") as f:
-        state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    stage, stem = "", "imagenet"
+    state = read_weights(resolved)
+    stage, stem, step = "", "imagenet", None
     if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
         sd = checkpoint.backbone_state_dict(state)
         model_cfg = state.get("config", {}).get("model", {})
         arch = model_cfg.get("backbone", arch)
         stem = model_cfg.get("stem", stem)
         stage = str(state.get("stage", ""))
-    elif isinstance(state, dict) and state and all(isinstance(v, torch.Tensor)
-                                                   for v in state.values()):
-        sd = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        step = int(state["step"]) if "step" in state else None
+        check_resnet(sd, arch, resolved, stem)
     else:
-        raise ValueError(f"{resolved}: neither an orl-fast checkpoint nor a state dict of tensors")
-    _check_keys(sd, arch, resolved, stem)
-    return Weights("checkpoint", resolved, arch, sd, digest(arch, sd, stem), stage, stem)
+        sd = resnet_weights(state, arch, resolved, stem)
+    return Weights("checkpoint", resolved, arch, sd, digest(arch, sd, stem), stage, stem, step)
 
 
 def resolve(path: str, arch: str, seed: int) -> Weights:
@@ -117,13 +115,3 @@ def with_baseline(path: str, arch: str, seed: int) -> list[Weights]:
     """[checkpoint, random init of the same architecture]; only the baseline for ``random``."""
     w = resolve(path, arch, seed)
     return [w] if path == RANDOM else [w, random_init(w.arch, seed, w.stem)]
-
-
-def _check_keys(sd: dict[str, torch.Tensor], arch: str, where: str,
-                stem: str = "imagenet") -> None:
-    expected = build_backbone(arch, stem)[0].state_dict()
-    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
-    wrong = [k for k in sorted(set(expected) & set(sd)) if expected[k].shape != sd[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{where}: not a torchvision {arch} backbone ({stem} stem; missing "
-                         f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]})")

@@ -40,6 +40,10 @@ class ModelConfig:
     pred_hidden_dim: int = 4096
     # SyncBN when distributed (torch SyncBatchNorm on CUDA, a cross-rank BN on CPU/gloo).
     sync_bn: bool = True
+    # Backbone initialisation of Stage 1 / Stage 3 (online and target): "" (random), or a
+    # torchvision / timm ResNet weights file of this backbone (.pth, .pt, .safetensors; a path or
+    # URL, never a download), or an orl-fast checkpoint. Shapes are checked at start-up.
+    init_weights: str = ""
 
     def validate(self, p: str) -> None:
         _positive(p, self, "proj_hidden_dim", "proj_dim", "pred_hidden_dim")

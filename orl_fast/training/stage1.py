@@ -11,7 +11,7 @@ from __future__ import annotations
 from loaders.orl_samples import SampleBuilder
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import init_runtime, shutdown
-from orl_fast.core.models import IMAGE_ONLY, ORL
+from orl_fast.core.models import IMAGE_ONLY, ORL, init_backbone_
 from orl_fast.training.runs import choose_loader, seed_everything, train, write_run_config
 
 
@@ -24,6 +24,9 @@ def run(cfg: Config) -> str:
         builder = SampleBuilder(cfg, IMAGE_ONLY)
         kind = choose_loader(cfg, rt.device)
         write_run_config(cfg, rt)
-        return train(cfg, ORL(cfg.model, IMAGE_ONLY), builder, rt, "stage1", kind)
+        model = ORL(cfg.model, IMAGE_ONLY)
+        if cfg.model.init_weights:
+            init_backbone_(model, cfg.model.init_weights, cfg.model)  # resuming loads its own
+        return train(cfg, model, builder, rt, "stage1", kind)
     finally:
         shutdown()

@@ -14,7 +14,7 @@ from orl_fast.core import checkpoint
 from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import init_runtime, shutdown
-from orl_fast.core.models import ORL
+from orl_fast.core.models import ORL, init_backbone_
 from orl_fast.training.runs import choose_loader, seed_everything, train, write_run_config
 
 
@@ -35,6 +35,9 @@ def run(cfg: Config) -> str:
     cfg.require("data", "out")
     if cfg.orl.init == "stage1":
         cfg.require("ckpt")
+        if cfg.model.init_weights:
+            raise ConfigError("model.init_weights: not with orl.init=stage1 (the Stage 1 "
+                              "checkpoint holds the weights)")
     rt = init_runtime(cfg.train.device)
     try:
         seed_everything(cfg)
@@ -44,6 +47,8 @@ def run(cfg: Config) -> str:
         model = ORL(cfg.model, cfg.orl.loss_weights)
         if cfg.orl.init == "stage1":
             init_from_stage1(model, cfg.ckpt)  # a resumed run then loads its own checkpoint
+        elif cfg.model.init_weights:
+            init_backbone_(model, cfg.model.init_weights, cfg.model)
         if rt.is_main:
             records = f", {len(builder.pairs)} pair records" if builder.pairs is not None else ""
             print(f"[stage3] {len(builder)} images{records}, loader {kind}, patches "
