@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from evaluation import backbones, report
 from evaluation.detection.data import CocoInstances, DetectionData, coco_api, collate, load_data
@@ -42,7 +43,8 @@ def predict(model: nn.Module, data: DetectionData, dc: DetectionConfig, rt: Runt
     positions = list(range(rt.rank, len(dataset), rt.world_size))
     loader = DataLoader(torch.utils.data.Subset(dataset, positions), batch_size=1,
                         num_workers=0, collate_fn=collate)
-    for images, metas in loader:
+    for images, metas in tqdm(loader, desc="detection: validation images", unit="img",
+                              disable=not (progress and rt.is_main), dynamic_ncols=True):
         out = model([im.to(rt.device) for im in images])
         for o, meta in zip(out, metas):
             xyxy = o["boxes"].float().cpu().numpy()
@@ -96,7 +98,8 @@ def run(cfg: Config, train_json: str, val_json: str | None, out: str,
                      val_images)
     results = {}
     t0 = time.perf_counter()
-    for w in backbones.with_baseline(cfg.ckpt or backbones.RANDOM, cfg.model.backbone, ec.seed):
+    weights = backbones.with_baseline(cfg.ckpt or backbones.RANDOM, cfg.model.backbone, ec.seed)
+    for w in weights:
         t_model = time.perf_counter()
         run_dir = storage.join(out, w.name.replace(" ", "-"))
         model = train(w, data, cfg, run_dir, rt, progress)
@@ -105,7 +108,7 @@ def run(cfg: Config, train_json: str, val_json: str | None, out: str,
             metrics = {"bbox": coco_evaluate(data.val, boxes, "bbox")}
             if dc.masks:
                 metrics["segm"] = coco_evaluate(data.val, masks, "segm")
-            results[w.name] = {"weights": {"source": w.source, "arch": w.arch, "stage": w.stage,
+            results[w.name] = {"weights": {"source": w.source, "arch": w.arch, "stage": w.stage, "step": w.step,
                                            "digest": w.digest},
                                "run_dir": run_dir, "metrics": metrics,
                                # what normalisation actually ran (e.g. SyncBatchNorm under DDP)
@@ -121,10 +124,12 @@ def run(cfg: Config, train_json: str, val_json: str | None, out: str,
     rep = {
         "task": "detection",
         "protocol": {
-            "task": "Mask R-CNN R50-FPN transfer" if dc.masks else "Faster R-CNN R50-FPN transfer",
-            "model": "torchvision Mask R-CNN, maskrcnn_resnet50_fpn_v2-style heads (FPN + BN, "
-                     "2-conv RPN head, 4conv1fc box head, 4-conv mask head), backbone from the "
-                     "weights, all layers trained",
+            "task": f"{'Mask' if dc.masks else 'Faster'} R-CNN {fpn_name(weights[0].arch)} "
+                    "transfer",
+            "model": f"torchvision {'Mask' if dc.masks else 'Faster'} R-CNN with "
+                     "maskrcnn_resnet50_fpn_v2-style heads (FPN + BN, 2-conv RPN head, 4conv1fc "
+                     f"box head, 4-conv mask head) on the weights' {weights[0].arch}, all layers "
+                     "trained",
             "norm": dc.norm, "schedule": asdict(sched),
             "stopped_at": min(sched.max_iter, dc.max_iter) if dc.max_iter else sched.max_iter,
             "world_size": rt.world_size, "input": {"min_size_train": list(dc.min_size_train),
@@ -141,6 +146,15 @@ def run(cfg: Config, train_json: str, val_json: str | None, out: str,
     rep["files"] = dict(zip(("json", "markdown"),
                             report.write(out, "detection", rep, markdown(rep))))
     return rep
+
+
+def fpn_name(arch: str) -> str:
+    """detectron2's name of the detector's backbone: resnet50 -> R50-FPN, resnet18 -> R18-FPN,
+    wide_resnet50_2 -> WRN50-2-FPN."""
+    if arch.startswith("wide_resnet"):
+        depth, width = arch[len("wide_resnet"):].split("_")
+        return f"WRN{depth}-{width}-FPN"
+    return f"R{arch[len('resnet'):]}-FPN" if arch.startswith("resnet") else f"{arch}-FPN"
 
 
 def markdown(rep: dict) -> str:
