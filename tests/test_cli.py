@@ -112,6 +112,8 @@ def test_paths_as_flags_or_fields(capsys):
     args = build_parser().parse_args(["train", "--data", "a", "pairs=m", "train.epochs=2"])
     cfg = args.load(args)
     assert (cfg.data, cfg.pairs, cfg.train.epochs) == ("a", "m", 2)
+    args = build_parser().parse_args(["pretrain", "--data", "yes", "--out", "..."])
+    assert (args.load(args).data, args.load(args).out) == ("yes", "...")  # paths as written
     assert main(["pretrain", "--data", "a", "data=b", "out=c"]) == 2
     assert "data: given twice" in capsys.readouterr().err
 

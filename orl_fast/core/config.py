@@ -104,7 +104,7 @@ def path_overrides(overrides: list[str], **paths: str | None) -> list[str]:
             continue
         if name in given and given[name] != value:
             raise ConfigError(f"{name}: given twice, as --{name} {value} and {name}={given[name]}")
-        extra.append(f"{name}={value}")
+        extra.append(f"{name}={json.dumps(value)}")  # a string as it is (JSON is YAML)
     return [*overrides, *extra]
 
 
