@@ -42,6 +42,7 @@ def test_every_readme_command_parses_and_its_config_loads(command):
         pytest.fail(f"{command.text}: {e}")
 
 
+@pytest.mark.slow
 def test_the_cheap_steps_of_the_worked_example_run_as_written(tmp_path, monkeypatch, capsys):
     from orl_fast.cli import main
 
