@@ -191,12 +191,14 @@ def submit(command: list[str], address: str | None = None, working_dir: str | No
 
 
 def _why(client, job: str) -> str:
-    """The cluster's message on how a job ended (``": message"``), or "" when it has none."""
+    """The cluster's message on how a job ended (``": message"``), or "" when it has none; the
+    tail of the logs Ray appends to it is left out (they were streamed already)."""
     try:
         message = client.get_job_info(job).message
     except Exception:  # noqa: BLE001 - only an explanation: never fail on it
         return ""
-    return f": {message.strip()}" if message and message.strip() else ""
+    message = (message or "").split(", last available logs", 1)[0].strip()
+    return f": {message}" if message else ""
 
 
 def follow(client, job: str, timeout_s: float | None = None, poll_s: float = 1.0) -> str | None:

@@ -3,8 +3,10 @@ over the image, min-max scaled per image and drawn as a heat map over it; severa
 (BYOL vs ORL) and the random-init baseline side by side.
 
 ``write(models, images, out, size)`` writes ``OUT/attention/<n>.png`` (one row per image: the
-image, then one overlay per model), ``OUT/attention/grid.png`` (all rows) and
-``OUT/attention/index.html``.
+image, then one overlay per model, under the column names), ``OUT/attention/grid.png`` (all rows,
+the column names above, a colour bar below) and ``OUT/attention/index.html``. Every column is as wide as the widest
+image and every image centred in it, so the columns stay aligned when the images' aspect ratios
+differ.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from PIL import Image, ImageDraw
 from evaluation.backbones import Weights
 from evaluation.features import resolve_device, stages
 from loaders.augment import normalize
+from loaders.drawing import font, label, sheet, short_name, text_block
 from loaders.images import open_rgb
 from orl_fast.core import storage
 from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-LABEL_HEIGHT = 18
+GAP = 8
+LABEL_SIZE = 16  # px: column names
+COLOUR_BAR = (400, 14)  # colour bar: at most this wide, this tall
 
 
 def list_images(source: str, limit: int) -> list[str]:
@@ -43,9 +48,13 @@ def list_images(source: str, limit: int) -> list[str]:
 
 
 def load_image(path: str, size: int) -> Image.Image:
-    """RGB, shorter side resized to ``size``."""
-    img = open_rgb(storage.read_bytes(path))
-    return TF.resize(img, size)
+    """RGB, shorter side resized to ``size`` (the longer side at most 2 x ``size``)."""
+    img = TF.resize(open_rgb(storage.read_bytes(path)), size)
+    if max(img.size) > 2 * size:
+        scale = 2 * size / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.BILINEAR)
+    return img
 
 
 @torch.no_grad()
@@ -71,23 +80,52 @@ def overlay(image: Image.Image, a: np.ndarray, alpha: float = 0.5) -> Image.Imag
     return Image.blend(image, Image.fromarray(jet(a)), alpha)
 
 
-def _labelled(tile: Image.Image, label: str) -> Image.Image:
-    out = Image.new("RGB", (tile.width, tile.height + LABEL_HEIGHT), "white")
-    out.paste(tile, (0, LABEL_HEIGHT))
-    ImageDraw.Draw(out).text((4, 3), label, fill="black")
+def _named(image: Image.Image, name: str) -> Image.Image:
+    """The image with its file name over its bottom-left corner."""
+    out = image.copy()
+    size = max(11, min(LABEL_SIZE, out.height // 12))
+    label(ImageDraw.Draw(out), (4, out.height - size - 6), short_name(name, 30), size)
     return out
 
 
-def _stack(tiles: list[Image.Image], horizontal: bool, gap: int = 4) -> Image.Image:
-    """Tiles side by side (or one under the other) on white, ``gap`` pixels apart."""
-    along = [t.width if horizontal else t.height for t in tiles]
-    across = max(t.height if horizontal else t.width for t in tiles)
-    length = sum(along) + gap * (len(tiles) - 1)
-    out = Image.new("RGB", (length, across) if horizontal else (across, length), "white")
-    offset = 0
-    for t, size in zip(tiles, along):
-        out.paste(t, (offset, 0) if horizontal else (0, offset))
-        offset += size + gap
+def _column_names(names: list[str], cell: tuple[int, int]) -> Image.Image:
+    """The column names, each centred over its column of a :func:`loaders.drawing.sheet`."""
+    blocks = [text_block([(n, (0, 0, 0))], LABEL_SIZE, cell[0], centre=True) for n in names]
+    strip = Image.new("RGB", (len(names) * (cell[0] + GAP), max(b.height for b in blocks)),
+                      "white")
+    for c, block in enumerate(blocks):
+        strip.paste(block, (c * (cell[0] + GAP), 0))
+    return strip
+
+
+def colour_bar(width: int = COLOUR_BAR[0]) -> Image.Image:
+    """The jet scale from low to high attention, labelled, ``width`` pixels wide in all."""
+    f = font(13)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    low, high = int(probe.textlength("low ", font=f)), int(probe.textlength(" high", font=f))
+    length = max(16, width - low - high)
+    bar = Image.fromarray(np.repeat(jet(np.linspace(0, 1, length))[None], COLOUR_BAR[1], 0))
+    caption = text_block([("attention: res5 channel mean, min-max scaled per image",
+                           (60, 60, 60))], 13, max(length, 1))
+    out = Image.new("RGB", (low + length + high, COLOUR_BAR[1] + 4 + caption.height), "white")
+    out.paste(bar, (low, 0))
+    draw = ImageDraw.Draw(out)
+    draw.text((0, -1), "low", font=f, fill=(0, 0, 0))
+    draw.text((low + length + 4, -1), "high", font=f, fill=(0, 0, 0))
+    out.paste(caption, (low, COLOUR_BAR[1] + 2))
+    return out
+
+
+def _grid(rows: list[list[Image.Image]], names: list[str], cell: tuple[int, int],
+          bar: bool) -> Image.Image:
+    """Rows of cells under the column names, the colour bar under them."""
+    grid = sheet(rows, cell[0], GAP, header=_column_names(names, cell))
+    if not bar:
+        return grid
+    scale = colour_bar(min(COLOUR_BAR[0], grid.width - 2 * GAP))
+    out = Image.new("RGB", (grid.width, grid.height + scale.height + GAP), "white")
+    out.paste(grid, (0, 0))
+    out.paste(scale, (GAP, grid.height))
     return out
 
 
@@ -95,27 +133,27 @@ def write(models: list[tuple[str, Weights]], images: list[str], out: str, size: 
           device: str = "auto") -> dict:
     """Attention rows for every image and model; returns the files written and the labels."""
     dev = resolve_device(device)
-    nets = [(label, w.build().to(dev).eval()) for label, w in models]
+    nets = [(name, w.build().to(dev).eval()) for name, w in models]
     directory = storage.join(out, "attention")
     storage.makedirs(directory)
+    loaded = [load_image(path, size) for path in images]
+    cell = (max(im.width for im in loaded), max(im.height for im in loaded))
+    names = ["image", *(name for name, _ in models)]
     rows, files = [], []
-    for i, path in enumerate(images):
-        image = load_image(path, size)
-        tiles = [_labelled(image, os.path.basename(path))]
-        tiles += [_labelled(overlay(image, attention_map(net, image, dev)), label)
-                  for label, net in nets]
-        row = _stack(tiles, horizontal=True)
+    for i, (path, image) in enumerate(zip(images, loaded)):
+        row = [_named(image, os.path.basename(path))]
+        row += [overlay(image, attention_map(net, image, dev)) for _, net in nets]
         name = f"{i:04d}.png"
-        _save_png(row, storage.join(directory, name))
+        _save_png(_grid([row], names, cell, bar=False), storage.join(directory, name))
         rows.append(row)
         files.append(name)
-    _save_png(_stack(rows, horizontal=False), storage.join(directory, "grid.png"))
+    _save_png(_grid(rows, names, cell, bar=True), storage.join(directory, "grid.png"))
     page = storage.join(directory, "index.html")
     storage.atomic_write(page, _html(models, images, files).encode())
     return {"directory": directory, "grid": storage.join(directory, "grid.png"), "html": page,
-            "rows": [storage.join(directory, f) for f in files],
-            "models": [{"label": label, "source": w.source, "arch": w.arch}
-                       for label, w in models]}
+            "rows": [storage.join(directory, f) for f in files], "cell": list(cell),
+            "models": [{"label": name, "source": w.source, "arch": w.arch}
+                       for name, w in models]}
 
 
 def _save_png(img: Image.Image, path: str) -> None:

@@ -1,5 +1,6 @@
-"""The weights an evaluation runs on: an orl-fast checkpoint, a torchvision state dict, or random
-initialisation (the baseline every evaluation reports beside a checkpoint).
+"""The weights an evaluation runs on: an orl-fast checkpoint, a torchvision or timm ResNet weights
+file (a state dict; ``.safetensors`` too), or random initialisation (the baseline every
+evaluation reports beside a checkpoint).
 
 A :class:`Weights` carries the torchvision ResNet state dict (``fc`` excluded), the architecture
 name, the input normalisation the weights were trained with (a checkpoint's ``aug.mean`` /
@@ -17,8 +18,8 @@ from torch import nn
 
 from orl_fast.core import checkpoint, storage
 from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD
-from orl_fast.core.errors import InputError, NotFound
-from orl_fast.core.models import build_backbone
+from orl_fast.core.errors import NotFound
+from orl_fast.core.models import build_backbone, check_resnet, read_weights, resnet_weights
 
 RANDOM = "random"
 
@@ -35,6 +36,7 @@ class Weights:
     # Input normalisation (RGB in [0, 1]) of the training that gave the weights (aug.mean / std).
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    step: int | None = None  # the checkpoint's optimiser step, if any
 
     def build(self) -> nn.Module:
         """The backbone (``fc`` = Identity) with these weights, in eval mode."""
@@ -89,14 +91,14 @@ def recalibrate_bn(weights: Weights, images: torch.Tensor, batch_size: int = 128
 
 def load(path: str, arch: str = "resnet50") -> Weights:
     """An orl-fast checkpoint (file or run directory; its config names the architecture) or a
-    torchvision ResNet state dict file (``arch`` names it; ``fc.*`` is dropped)."""
+    torchvision / timm ResNet weights file (``arch`` names it; ``fc.*`` is dropped)."""
     fs, fs_path = storage.url_to_fs(path)
     resolved = path if fs.isfile(fs_path) else checkpoint.resolve(path)
     if resolved is None:
         raise NotFound(f"ckpt: {path}: no checkpoint here (expected an orl-fast checkpoint, "
-                         "its run directory, or a torchvision state dict file)")
-    state = checkpoint.read_torch(resolved)
-    stage, stem, mean, std = "", "imagenet", IMAGENET_MEAN, IMAGENET_STD
+                       "its run directory, or a torchvision state dict file)")
+    state = read_weights(resolved)
+    stage, stem, mean, std, step = "", "imagenet", IMAGENET_MEAN, IMAGENET_STD, None
     if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
         sd = checkpoint.backbone_state_dict(state)
         model_cfg = state.get("config", {}).get("model", {})
@@ -106,15 +108,12 @@ def load(path: str, arch: str = "resnet50") -> Weights:
         aug_cfg = state.get("config", {}).get("aug", {})
         mean = tuple(float(v) for v in aug_cfg.get("mean", mean))
         std = tuple(float(v) for v in aug_cfg.get("std", std))
-    elif isinstance(state, dict) and state and all(isinstance(v, torch.Tensor)
-                                                   for v in state.values()):
-        sd = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        step = int(state["step"]) if "step" in state else None
+        check_resnet(sd, arch, resolved, stem)
     else:
-        raise InputError(f"ckpt: {resolved}: neither an orl-fast checkpoint nor a state dict of "
-                         "tensors")
-    _check_keys(sd, arch, resolved, stem)
+        sd = resnet_weights(state, arch, resolved, stem)
     return Weights("checkpoint", resolved, arch, sd, digest(arch, sd, stem), stage, stem, mean,
-                   std)
+                   std, step)
 
 
 def resolve(path: str, arch: str, seed: int) -> Weights:
@@ -129,13 +128,3 @@ def with_baseline(path: str, arch: str, seed: int) -> list[Weights]:
     if path == RANDOM:
         return [w]
     return [w, replace(random_init(w.arch, seed, w.stem), mean=w.mean, std=w.std)]
-
-
-def _check_keys(sd: dict[str, torch.Tensor], arch: str, where: str,
-                stem: str = "imagenet") -> None:
-    expected = build_backbone(arch, stem)[0].state_dict()
-    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
-    wrong = [k for k in sorted(set(expected) & set(sd)) if expected[k].shape != sd[k].shape]
-    if missing or unexpected or wrong:
-        raise InputError(f"ckpt: {where}: not a torchvision {arch} backbone ({stem} stem; missing "
-                         f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]})")

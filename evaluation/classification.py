@@ -19,16 +19,20 @@ from evaluation.metrics import classification_metrics
 from orl_fast.core import storage
 from orl_fast.core.defaults import Config, EvalConfig
 
-Evaluate = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple, EvalConfig], dict]
+# (train features, train labels, test features, test labels, classes, config, progress label)
+Evaluate = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple, EvalConfig,
+                     str | None], dict]
 
 
-def _knn(train_x, train_labels, test_x, test_labels, classes, cfg: EvalConfig) -> dict:
+def _knn(train_x, train_labels, test_x, test_labels, classes, cfg: EvalConfig,
+         desc: str | None = None) -> dict:
     scores = probes.knn_scores(train_x, train_labels, test_x, cfg.knn.k, cfg.knn.temperature,
                                resolve_device(cfg.device))
     return classification_metrics(scores, test_labels, classes)
 
 
-def _linear(train_x, train_labels, test_x, test_labels, classes, cfg: EvalConfig) -> dict:
+def _linear(train_x, train_labels, test_x, test_labels, classes, cfg: EvalConfig,
+            desc: str | None = None) -> dict:
     scores = probes.linear_probe_scores(train_x, train_labels, test_x, cfg)
     return classification_metrics(scores, test_labels, classes)
 
@@ -59,10 +63,11 @@ def run(task: str, cfg: Config, data: str, train: str, test: str | None, out: st
         for layer in ec.layers:
             t_layer = time.perf_counter()
             layers[layer] = evaluate(ftr[layer], train_set.labels, fte[layer], test_set.labels,
-                                     train_set.classes, ec)
+                                     train_set.classes, ec,
+                                     f"{task} {layer} ({w.name})" if progress else None)
             layers[layer]["seconds"] = round(time.perf_counter() - t_layer, 2)
         results[w.name] = {
-            "weights": {"source": w.source, "arch": w.arch, "stage": w.stage,
+            "weights": {"source": w.source, "arch": w.arch, "stage": w.stage, "step": w.step,
                         "digest": w.digest},
             "features": {"train": info_tr, "test": info_te},
             "layers": layers, "seconds": round(time.perf_counter() - t_model, 2),

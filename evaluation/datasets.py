@@ -10,6 +10,9 @@ difficult objects (ignored by training and AP), -1 absent. Layouts read:
   column the file is one split, named by whoever reads it.
 - COCO instances JSON (a ``.json`` path given as the split): an image is positive for every
   category it has an object of; images are found relative to the JSON's folder.
+- ImageFolder (torchvision's layout, single-label): ``ROOT/<split>/<class>/*.jpg`` (e.g.
+  ``--train train --test val``), or ``ROOT/<class>/*.jpg`` as one split named by whoever reads
+  it; classes are the folder names, sorted.
 
 Every root and file may be a local path or an fsspec URL (``s3://bucket/voc07``, ...): files are
 read through :mod:`orl_fast.core.storage`, and image paths are built under the same root.
@@ -75,8 +78,12 @@ def load(data: str, split: str) -> LabelledImages:
         return load_vocdevkit(devkit, split)
     if storage.exists(storage.join(data, "labels.csv")):
         return load_labels_csv(data, split)
-    raise NotFound(f"{data}: neither a VOCdevkit (JPEGImages + ImageSets/Main) nor a "
-                            "labels.csv + images/ folder")
+    folder = _find_image_folder(data, split)
+    if folder:
+        return load_image_folder(folder, split)
+    raise NotFound(f"{data}: neither a VOCdevkit (JPEGImages + ImageSets/Main), a "
+                   "labels.csv + images/ folder, nor an ImageFolder (a folder of "
+                   "images per class)")
 
 
 def train_test(data: str, train: str, test: str | None, holdout_frac: float,
@@ -112,6 +119,48 @@ def _find_devkit(root: str) -> str | None:
                 storage.join(d, "JPEGImages")):
             return d
     return None
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def _class_folders(root: str) -> dict[str, list[str]]:
+    """{class: image names} of the sub-folders of ``root`` that hold images (``{}``: none)."""
+    if not storage.isdir(root):
+        return {}
+    classes = {}
+    for name in sorted(storage.listdir(root)):
+        sub = storage.join(root, name)
+        if name.startswith(".") or not storage.isdir(sub):
+            continue
+        images = sorted(n for n in storage.listdir(sub) if n.lower().endswith(IMAGE_EXTENSIONS))
+        if images:
+            classes[name] = images
+    return classes
+
+
+def _find_image_folder(root: str, split: str) -> str | None:
+    """``ROOT/<split>`` when it holds class folders (two or more), else ``ROOT`` when it does."""
+    for d in (storage.join(root, split), root):
+        if len(_class_folders(d)) >= 2:
+            return d
+    return None
+
+
+def load_image_folder(root: str, split: str) -> LabelledImages:
+    """A folder per class (torchvision ImageFolder); one class per image."""
+    classes = _class_folders(root)
+    names = tuple(classes)
+    ids, paths, rows = [], [], []
+    for c, cls in enumerate(names):
+        for image in classes[cls]:
+            ids.append(f"{cls}/{image}")
+            paths.append(storage.join(root, cls, image))
+            row = np.full(len(names), -1, np.int8)
+            row[c] = 1
+            rows.append(row)
+    return LabelledImages(tuple(ids), tuple(paths), np.stack(rows), names,
+                          f"ImageFolder {root} (split {split!r})")
 
 
 def load_vocdevkit(root: str, split: str) -> LabelledImages:

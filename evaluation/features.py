@@ -33,6 +33,7 @@ from tqdm import tqdm
 from evaluation.backbones import Weights
 from loaders.augment import normalize
 from loaders.images import open_rgb
+from loaders.torch_loader import loader_workers
 from orl_fast.core import storage
 from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
 
@@ -122,7 +123,8 @@ def extract(weights: Weights, paths: tuple[str, ...] | list[str], cfg: EvalConfi
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     loader = DataLoader(EvalImages(paths, cfg.resize, cfg.crop, cfg.view),
-                        batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=cuda,
+                        batch_size=cfg.batch_size, num_workers=loader_workers(cfg.num_workers),
+                        pin_memory=cuda,
                         persistent_workers=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=cuda and cfg.precision == "bf16")

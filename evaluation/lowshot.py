@@ -63,7 +63,9 @@ def _summary(maps: np.ndarray, prefix: str) -> dict:
 
 
 def evaluate_lowshot(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray,
-                     test_labels: np.ndarray, classes: tuple[str, ...], cfg: EvalConfig) -> dict:
+                     test_labels: np.ndarray, classes: tuple[str, ...], cfg: EvalConfig,
+                     desc: str | None = None) -> dict:
+    """Low-shot SVMs on one layer's features (``desc``: a progress bar over the fits)."""
     xtr, xte = l2_normalise(train_x), l2_normalise(test_x)
     costs = sorted(cfg.svm.costs)
     # Every (shots, sample, class) fit in one pool: the features go to each worker once.
@@ -71,7 +73,7 @@ def evaluate_lowshot(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.n
              for s in range(cfg.lowshot.samples)}
     tasks = [(c, targets[:, c]) for targets, _ in draws.values() for c in range(len(classes))]
     aps = parallel_map(_class_aps, tasks, cfg.jobs, (xtr, xte, test_labels, costs, cfg.svm,
-                                                     cfg.seed))
+                                                     cfg.seed), desc, unit="class")
     # per draw: [class, cost, (area, 11-point)]
     per_draw = dict(zip(draws, np.array(aps).reshape(len(draws), len(classes), len(costs), 2)))
     shots: dict = {}

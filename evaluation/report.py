@@ -1,5 +1,6 @@
 """Evaluation reports: ``OUT/<name>.json`` (every number and the protocol used) and
-``OUT/<name>.md`` (a short Markdown table), both written atomically."""
+``OUT/<name>.md`` (a short Markdown table), both written atomically; and their metrics as
+TensorBoard scalars beside a training run's (:func:`log_tensorboard`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import platform
 import torch
 
 from orl_fast.core import storage
+from orl_fast.core.runlog import RunLog
 
 
 def environment() -> dict:
@@ -52,3 +54,34 @@ def _finite(x):
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
+
+
+def scalars(rep: dict, weights: str = "checkpoint") -> dict[str, float]:
+    """The headline metrics of a report for ``weights``: ``<layer>/mAP`` (and ``top1``),
+    ``<layer>/n<shots>_mAP`` (low-shot), ``<bbox|segm>/AP`` ... (detection)."""
+    res = rep["results"].get(weights)
+    if res is None:
+        return {}
+    out = {}
+    if "metrics" in res:  # detection
+        for kind, metrics in res["metrics"].items():
+            out |= {f"{kind}/{k}": metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics}
+    for layer, r in res.get("layers", {}).items():
+        if "shots" in r:
+            out |= {f"{layer}/n{n}_mAP": v["mAP_mean"] for n, v in r["shots"].items()}
+        else:
+            out |= {f"{layer}/{k}": r[k] for k in ("mAP", "top1") if k in r}
+    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def log_tensorboard(run: str, rep: dict) -> list[str]:
+    """The checkpoint's metrics of a report as TensorBoard scalars ``eval/<task>/...`` in
+    ``RUN/tb``, at the checkpoint's step (0 for weights without one); returns the tags."""
+    values = scalars(rep)
+    step = rep["results"].get("checkpoint", {}).get("weights", {}).get("step") or 0
+    log = RunLog(run, tb_prefix=f"eval/{rep['task']}", jsonl=False)
+    try:
+        log.log(int(step), values)
+    finally:
+        log.close()
+    return [f"eval/{rep['task']}/{k}" for k in values]

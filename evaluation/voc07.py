@@ -12,15 +12,15 @@ scikit-learn's ``cross_val_score(cv=folds, scoring="average_precision")`` (strat
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
 import numpy as np
+from tqdm import tqdm
 
 from evaluation.features import l2_normalise
 from evaluation.metrics import classification_metrics
@@ -74,11 +74,13 @@ def train_class(x: np.ndarray, labels: np.ndarray, cfg: SVMConfig, seed: int = 0
 
 
 def evaluate_svm(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray,
-                 test_labels: np.ndarray, classes: tuple[str, ...], cfg: EvalConfig) -> dict:
-    """Train the per-class SVMs on one layer's features and score the test set."""
+                 test_labels: np.ndarray, classes: tuple[str, ...], cfg: EvalConfig,
+                 desc: str | None = None) -> dict:
+    """Train the per-class SVMs on one layer's features and score the test set (``desc``: a
+    progress bar over the classes, so labelled)."""
     xtr, xte = l2_normalise(train_x), l2_normalise(test_x)
     fits = parallel_map(_fit_class, range(len(classes)), cfg.jobs,
-                        (xtr, train_labels, cfg.svm, cfg.seed))
+                        (xtr, train_labels, cfg.svm, cfg.seed), desc, unit="class")
     scores = np.stack([xte @ f["coef"] + f["intercept"] for f in fits], axis=1)
     out = classification_metrics(scores, test_labels, classes)
     out["cost"] = {c: f["cost"] for c, f in zip(classes, fits)}
@@ -110,8 +112,9 @@ def protocol(cfg: EvalConfig) -> dict:
 
 
 def parallel_map(fn: Callable[[Any, T], R], items: Iterable[T], jobs: int,
-                 shared: Any = None) -> list[R]:
-    """``[fn(shared, x) for x in items]``, in ``jobs`` worker processes (0: one per core).
+                 shared: Any = None, desc: str | None = None, unit: str = "fit") -> list[R]:
+    """``[fn(shared, x) for x in items]``, in ``jobs`` worker processes (0: one per core); with
+    ``desc``, a progress bar (so labelled) over the items done.
 
     Processes, not threads: liblinear draws its sample order from one generator per process, so
     SVMs fitted side by side in threads of one process would take each other's random numbers
@@ -120,13 +123,22 @@ def parallel_map(fn: Callable[[Any, T], R], items: Iterable[T], jobs: int,
     are silenced."""
     items = list(items)
     workers = min(jobs or os.cpu_count() or 1, max(len(items), 1))
-    if workers == 1:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            return [fn(shared, x) for x in items]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(shared,)) as pool:
-        return list(pool.map(functools.partial(_call, fn), items))
+    with tqdm(total=len(items), desc=desc, unit=unit, disable=desc is None,
+              dynamic_ncols=True) as bar:
+        if workers == 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                out = []
+                for x in items:
+                    out.append(fn(shared, x))
+                    bar.update()
+                return out
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(shared,)) as pool:
+            futures = [pool.submit(_call, fn, x) for x in items]
+            for _ in as_completed(futures):
+                bar.update()
+            return [f.result() for f in futures]
 
 
 _SHARED: Any = None

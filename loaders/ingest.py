@@ -1,7 +1,9 @@
 """``orl-fast ingest SRC OUT``: images -> WebDataset shards + key index + report.
 
 The listing is cut into units of ``shard_size`` inputs; input i gets key ``format_key(i)`` and unit
-j becomes ``shard-j.tar``. Units run in parallel processes and are independent, so a rerun skips
+j becomes ``shard-j.tar``. ``shard_size`` 0 (the default) chooses it from the number of inputs and
+the workers (:func:`choose_shard_size`), so that ingest and Stage 2, which run one unit per shard
+and core, keep every core busy; a rerun keeps the size its output was made with. Units run in parallel processes and are independent, so a rerun skips
 every unit whose shard, index rows and report are all in place (each written atomically, the tar
 last) and redoes only the rest; the result is byte-identical to an uninterrupted run.
 
@@ -17,12 +19,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from multiprocessing import get_context
 
 from tqdm import tqdm
@@ -39,6 +42,9 @@ MANIFEST = "ingest.json"
 REPORT = "report.json"
 # Paths listed per kind in report.json (all of them stay in the per-shard reports).
 REPORT_PATHS_CAP = 1000
+# ingest.shard_size=0: about this many shards per worker, within these bounds (images per shard).
+SHARDS_PER_WORKER = 4
+AUTO_SHARD_SIZE = (32, 1000)
 
 
 class IngestMismatch(UserError):
@@ -47,6 +53,24 @@ class IngestMismatch(UserError):
 
 def report_name(shard: str) -> str:
     return shard[: -len(".tar")] + ".report.json"
+
+
+def choose_shard_size(num_inputs: int, workers: int) -> int:
+    """Images per shard for ``ingest.shard_size=0``: about ``SHARDS_PER_WORKER`` shards per
+    worker (a shard is one unit of ingest and of each Stage 2 step, run one per core), at least
+    32 and at most 1000 images each (O(shards) state stays small at any scale)."""
+    lo, hi = AUTO_SHARD_SIZE
+    return max(lo, min(hi, math.ceil(num_inputs / (SHARDS_PER_WORKER * max(workers, 1)))))
+
+
+def _previous_shard_size(out: str, listing_sha1: str) -> int:
+    """The shard size of an ingest of the same listing already in ``out`` (0: none)."""
+    path = storage.join(out, MANIFEST)
+    if not storage.exists(path):
+        return 0
+    old = storage.read_json(path)
+    return int(old.get("config", {}).get("shard_size", 0)) if old.get(
+        "listing_sha1") == listing_sha1 else 0
 
 
 def ingest(src: str, out: str, cfg: IngestConfig, progress: bool = True) -> dict:
@@ -71,11 +95,16 @@ def _count_reasons(ignored: list[tuple[str, str, str]]) -> dict[str, int]:
 def _ingest(src: str, out: str, cfg: IngestConfig, listing: SourceListing,
             progress: bool) -> dict:
     items = listing.items
+    workers = cfg.workers or os.cpu_count() or 1
+    listing_sha1 = hashlib.sha1("\n".join(i.name for i in items).encode()).hexdigest()
+    if not cfg.shard_size:
+        cfg = replace(cfg, shard_size=_previous_shard_size(out, listing_sha1)
+                      or choose_shard_size(len(items), workers))
     manifest = {
         "source": src,
         "kind": listing.kind,
         "num_inputs": len(items),
-        "listing_sha1": hashlib.sha1("\n".join(i.name for i in items).encode()).hexdigest(),
+        "listing_sha1": listing_sha1,
         "config": {k: v for k, v in asdict(cfg).items() if k != "workers"},
     }
     manifest = json.loads(json.dumps(manifest))  # as it reads back (tuples become lists)
@@ -88,13 +117,13 @@ def _ingest(src: str, out: str, cfg: IngestConfig, listing: SourceListing,
                                                      // cfg.shard_size)]
     done = set(storage.listdir(out))
     todo = [(j, s) for j, s in units if not _unit_done(done, shards.shard_name(j))]
-    workers = cfg.workers or os.cpu_count() or 1
     bar = tqdm(total=len(items), desc="ingest", unit="img", disable=not progress)
     bar.update(len(items) - sum(len(items[s:s + cfg.shard_size]) for _, s in todo))
     for n_inputs in _run_units(out, items, todo, cfg, workers):
         bar.update(n_inputs)
     bar.close()
-    return finalize(out, [shards.shard_name(j) for j, _ in units], listing.ignored)
+    report = finalize(out, [shards.shard_name(j) for j, _ in units], listing.ignored)
+    return {**report, "shards": len(units), "shard_size": cfg.shard_size}
 
 
 def _unit_done(names: set[str], shard: str) -> bool:

@@ -7,6 +7,7 @@ dataset), so a batch is the same whichever worker draws it and whether or not th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from torch.utils.data import DataLoader, Dataset
@@ -14,9 +15,17 @@ from torch.utils.data import DataLoader, Dataset
 from loaders.sampling import StepBatchSampler
 
 
+def loader_workers(requested: int) -> int:
+    """DataLoader worker processes: ``requested``, at most one per CPU core this process may
+    run on (more only contend for the cores, and torch warns about them)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(requested, cores or 1)
+
+
 def make_loader(dataset: Dataset, sampler: StepBatchSampler, num_workers: int,
                 pin_memory: bool, prefetch_factor: int = 4,
                 collate_fn: Callable | None = None) -> DataLoader:
+    num_workers = loader_workers(num_workers)
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,

@@ -91,6 +91,7 @@ class Plan:
     first_keys: list[int]
     hashes: dict[str, str]
     inputs: dict[str, str]
+    counts: list[int] = dataclasses.field(default_factory=list)  # images per shard (index.json)
 
     # --- paths
     def dir(self, stage: str) -> str:
@@ -202,4 +203,5 @@ def make_plan(out: str, data: str, ckpt: str, mine: MineConfig, device: str) -> 
     return Plan(out=out, data=data, ckpt=ckpt_file, mine=mine, device=device,
                 shard_ids=[shard_id(s["name"]) for s in shards],
                 shard_names=[s["name"] for s in shards],
-                first_keys=[s["first_key"] for s in shards], hashes=hashes, inputs=inputs)
+                first_keys=[s["first_key"] for s in shards], hashes=hashes, inputs=inputs,
+                counts=[s["count"] for s in shards])

@@ -19,16 +19,14 @@ Exports add what the official files lack as extra keys its readers ignore:
 (the official loaders join it to a root); ``id`` is the orl-fast key. On import, file names are
 matched exactly, else by unique base name.
 
-``python -m mining.official_json export MINED OUT_DIR [--data SHARDS]`` and
-``python -m mining.official_json import CORRESPONDENCE.json MINED_OUT --data SHARDS
-[--knn KNN.json]`` (the latter writes pair shards Stage 3 reads).
+``orl-fast mine export-official --pairs MINED --out DIR [--data SHARDS]`` and ``orl-fast mine
+import-official CORRESPONDENCE.json --data SHARDS --out MINED [--knn KNN.json]`` (the latter
+writes pair shards Stage 3 reads).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
 
@@ -225,31 +223,3 @@ def import_official(corr_json: str, data: str, out: str, knn_json: str | None = 
                             for sid in sorted(by_shard)),
                       knn_k=k, topn_frac=float(info.get("knn_bbox_pair_ratio", 1.0)))
     return storage.read_json(storage.join(out, PAIRS_DIR, "index.json"))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mining.official_json",
-                                     description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("export", help="MINED -> knn, selective-search, correspondence JSON")
-    p.add_argument("mined")
-    p.add_argument("out_dir")
-    p.add_argument("--data", default=None, help="image shards (default: from the manifest)")
-    p = sub.add_parser("import", help="official correspondence JSON -> pair shards")
-    p.add_argument("correspondence")
-    p.add_argument("out")
-    p.add_argument("--data", required=True, help="image shards holding the same images")
-    p.add_argument("--knn", default=None, help="official knn json (for similarities)")
-    args = parser.parse_args(argv)
-    if args.cmd == "export":
-        for what, path in export_official(args.mined, args.out_dir, args.data).items():
-            print(f"{what}: {path} ({os.path.getsize(path) if os.path.exists(path) else '?'} B)")
-    else:
-        index = import_official(args.correspondence, args.data, args.out, args.knn)
-        print(f"{index['num_images']} records in {index['num_shards']} pair shards under "
-              f"{storage.join(args.out, PAIRS_DIR)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -245,8 +245,7 @@ class Scheduler:
         self.pending: dict[Any, tuple[str, Any]] = {}
         self.gate = PairGate(plan.shard_ids, self.done["roi"])
         self.knn_submitted = False
-        self.bar = tqdm(total=sum(len(t) for t in self.todo.values()), desc="mine",
-                        unit="unit", disable=not progress)
+        self.progress = Progress(plan, self.done, progress)
 
     # --- readiness
     def _queue(self, stage: str, arg: Any) -> None:
@@ -276,10 +275,10 @@ class Scheduler:
         if self.gate.wait(sid, min(lo, sid), max(hi, sid)):
             self._queue("pairs", sid)
 
-    def _finished(self, stage: str, sid: int) -> None:
+    def _finished(self, stage: str, sid: int, stats: dict) -> None:
         self.todo[stage].discard(sid)
         self.done[stage].add(sid)
-        self.bar.update()
+        self.progress.update(stage, sid, stats)
         if stage == "proposals" and sid in self.todo["roi"]:
             self._queue("roi", sid)
         elif stage == "embed":
@@ -308,13 +307,54 @@ class Scheduler:
             if not self.pending:
                 raise RuntimeError(f"mining stalled with units left: "
                                    f"{ {s: sorted(t) for s, t in self.todo.items() if t} }")
-            handle, _ = self.ex.wait(self.pending)
+            handle, result = self.ex.wait(self.pending)
             stage, arg = self.pending.pop(handle)
+            result = result or {}
             for sid in (arg if stage == "knn" else [arg]):
-                self._finished(stage, sid)
+                self._finished(stage, sid, result.get(sid, {}) if stage == "knn" else result)
             if not any(self.todo[s] for s in MODEL_STAGES):
                 self.ex.release_models()
+        self.progress.close()
+
+
+class Progress:
+    """Mining's progress bar, in images: each step's images done (a unit finishes a shard's) and
+    the boxes selective search kept in this run, e.g. ``proposals 384/741 (3.9k boxes) | embed
+    741/741 | knn 741/741 | roi 256/741 | pairs 128/741``; the bar is over all five steps."""
+
+    def __init__(self, plan: Plan, done: dict[str, set[int]], enabled: bool):
+        self.size = dict(zip(plan.shard_ids, plan.counts or [0] * len(plan.shard_ids)))
+        self.total = sum(self.size.values())
+        self.images = {stage: sum(self.size[sid] for sid in done[stage]) for stage in STAGES}
+        self.boxes = 0
+        self.enabled = enabled
+        self.bar = tqdm(total=self.total * len(STAGES), initial=sum(self.images.values()),
+                        desc="mine", disable=not enabled, dynamic_ncols=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                                   "[{elapsed}<{remaining}{postfix}]")
+        self._show()
+
+    def update(self, stage: str, sid: int, stats: dict) -> None:
+        self.images[stage] += self.size[sid]
+        if stage == "proposals":
+            self.boxes += int(stats.get("boxes", 0))
+        self.bar.update(self.size[sid])
+        self._show()
+
+    def _show(self) -> None:
+        if not self.enabled:
+            return
+        boxes = f" ({_short(self.boxes)} boxes)" if self.boxes else ""
+        self.bar.set_postfix_str(" | ".join(
+            f"{stage} {self.images[stage]}/{self.total}" + (boxes if stage == "proposals" else "")
+            for stage in ("proposals", "embed", "knn", "roi", "pairs")), refresh=True)
+
+    def close(self) -> None:
         self.bar.close()
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else str(n)
 
 
 # ----------------------------------------------------------------------------- entry points

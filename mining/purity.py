@@ -9,13 +9,11 @@
 
 Only images with ground truth count (an image listed with no objects counts, with none); crowd
 regions are ignored. Images are matched to the ground truth by the base name of their ingest
-source. ``python -m mining.purity MINED INSTANCES.json [--data SHARDS]``.
+source. ``orl-fast mine purity --pairs MINED --gt INSTANCES.json`` (or ``orl-fast mine --gt``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import posixpath
 
 import numpy as np
@@ -41,6 +39,8 @@ class GroundTruth:
         by_name = {posixpath.basename(img["file_name"]): by_image[img["id"]]
                    for img in coco["images"]}
         self.num_categories = len(cats)
+        names = {c["id"]: c.get("name", str(c["id"])) for c in coco["categories"]}
+        self.names = [names[c] for c in cats]
         self._gt: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for key, name in source_names(data).items():
             anns = by_name.get(posixpath.basename(name))
@@ -56,6 +56,22 @@ class GroundTruth:
 
     def __len__(self) -> int:
         return len(self._gt)
+
+    def named_boxes(self, key: int) -> list[tuple[tuple[float, ...], str]]:
+        """The ground-truth boxes (xywh) of an image with their category names."""
+        if int(key) not in self._gt:
+            return []
+        boxes, onehot = self._gt[int(key)]
+        return [(tuple(b), self.names[int(np.argmax(o))]) for b, o in zip(boxes, onehot)]
+
+    def category_of(self, key: int, box: tuple[int, ...], iou: float = 0.5) -> str | None:
+        """The category of the ground-truth box ``box`` matches best (IoU >= iou), or None."""
+        if int(key) not in self._gt or not len(self._gt[int(key)][0]):
+            return None
+        boxes, onehot = self._gt[int(key)]
+        overlap = box_iou(np.asarray([box], np.float64), boxes)[0]
+        best = int(np.argmax(overlap))
+        return self.names[int(np.argmax(onehot[best]))] if overlap[best] >= iou else None
 
     def categories(self, key: int, boxes: np.ndarray, iou: float) -> np.ndarray:
         """[B, C] bool: the categories of the ground-truth boxes each box matches (IoU >= iou)."""
@@ -111,17 +127,23 @@ def pair_purity(mined: str, instances_json: str, data: str | None = None, iou: f
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mining.purity",
-                                     description="pair purity of mined pairs vs COCO GT")
-    parser.add_argument("mined")
-    parser.add_argument("instances", help="COCO instances json")
-    parser.add_argument("--data", default=None, help="image shards (default: from the manifest)")
-    parser.add_argument("--iou", type=float, default=0.5)
-    args = parser.parse_args(argv)
-    print(json.dumps(pair_purity(args.mined, args.instances, args.data, args.iou), indent=1))
-    return 0
+def better_than_random(purity: dict) -> bool:
+    """Whether the mined pairs are purer than random pairs of the same kept boxes."""
+    return purity["pairs"] > 0 and purity["pair_purity"] > purity["random_pair_purity"]
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def warning(purity: dict) -> str:
+    """A plain warning when the mined pairs are no better than chance, else ""."""
+    if better_than_random(purity):
+        return ""
+    return ("WARNING: the mined pairs are no better than random pairs of the same boxes: the "
+            "Stage 1 model does not yet tell the objects apart (train it longer), or few kept "
+            "boxes lie on objects (see mine.min_box_size)")
+
+
+def summary_line(purity: dict, with_warning: bool = True) -> str:
+    """The purity in one line for people: the mined pairs, chance level, boxes on objects."""
+    line = (f"pair purity {purity['pair_purity']:.3f} over {purity['pairs']} pairs (random "
+            f"pairs of the kept boxes: {purity['random_pair_purity']:.3f}); kept boxes on an "
+            f"object: {purity['box_gt_match']:.3f}")
+    return f"{line}. {warning(purity)}" if with_warning and warning(purity) else line

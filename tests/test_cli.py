@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from orl_fast.cli import main
+from orl_fast.cli import PATHS, main
 from orl_fast.core import checkpoint
 from orl_fast.core.config import load_config
 
@@ -65,3 +65,65 @@ def test_demo_runs_the_pipeline(tmp_path, capsys):
         assert (tmp_path / "eval" / name / "knn.json").exists()
         assert (tmp_path / "eval" / name / "linear.md").exists()
     assert "ORL (stage 3)   kNN mAP" in out
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command, required", [
+    ("pretrain", ("data", "out")), ("mine", ("data", "ckpt", "out")),
+    ("train", ("data", "pairs", "out")),
+])
+def test_help_lists_the_required_fields_and_the_settings(capsys, command, required):
+    text = " ".join(_help(capsys, command).split())
+    for name in required:
+        assert f"--{name} " in text and f"{name}=" in text
+    assert "required: " + ", ".join(f"--{n} {PATHS[n][0]}" for n in required) in text
+    assert "FIELD=VALUE" in text and "orl-fast config" in text
+
+
+def test_version_and_commands_in_pipeline_order(capsys):
+    from orl_fast import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"orl-fast {__version__}"
+    listing = _help(capsys)
+    order = ["demo", "scenes", "ingest", "pretrain", "mine", "train", "eval", "export", "viz",
+             "submit", "config"]
+    positions = [listing.index(f"\n    {name} ") for name in order]
+    assert positions == sorted(positions)
+    assert "mine purity" not in listing  # a tool of mine: listed by `orl-fast mine --help`
+    assert "orl-fast mine purity" in _help(capsys, "mine")
+
+
+def test_paths_as_flags_or_fields(capsys):
+    assert main(["config", "data=a", "out=b"]) == 0
+    by_field = yaml.safe_load(capsys.readouterr().out)
+    from orl_fast.cli import build_parser
+
+    args = build_parser().parse_args(["pretrain", "--data", "a", "--out", "b"])
+    cfg = args.load(args)
+    assert (cfg.data, cfg.out) == (by_field["data"], by_field["out"]) == ("a", "b")
+    args = build_parser().parse_args(["train", "--data", "a", "pairs=m", "train.epochs=2"])
+    cfg = args.load(args)
+    assert (cfg.data, cfg.pairs, cfg.train.epochs) == ("a", "m", 2)
+    args = build_parser().parse_args(["pretrain", "--data", "yes", "--out", "..."])
+    assert (args.load(args).data, args.load(args).out) == ("yes", "...")  # paths as written
+    assert main(["pretrain", "--data", "a", "data=b", "out=c"]) == 2
+    assert "data: given twice" in capsys.readouterr().err
+
+
+def test_scenes_then_ingest_with_a_chosen_shard_size(tmp_path, capsys):
+    assert main(["scenes", str(tmp_path / "w"), "--images", "40"]) == 0
+    assert (tmp_path / "w" / "instances.json").exists()
+    assert len(os.listdir(tmp_path / "w" / "images")) == 40
+    capsys.readouterr()
+    assert main(["ingest", "--src", str(tmp_path / "w" / "images"), "--quiet",
+                 f"out={tmp_path / 's'}", "ingest.workers=2"]) == 0
+    printed = capsys.readouterr().out
+    assert '"shard_size": 32' in printed and '"shards": 2' in printed  # 40 images, 2 workers

@@ -324,15 +324,52 @@ def test_cli_passes_everything_after_dashes_verbatim(monkeypatch):
             "--pip", "b", "--env", "X", "--env", "Y", "--header", "X-One=1=2",
             "--header-env", "Proxy-Authorization=ORL_TEST_PROXY", "--job-id", "j1",
             "--num-cpus", "2", "--num-gpus", "0.5", "--no-wait",
-            "--", "orl-fast", "mine", "--config", "paper", "--address", "auto", "data=s3://b"]
+            "--", "orl-fast", "mine", "--config", "paper", "--address", "auto", "data=s3://b",
+            "ckpt=s3://b/stage1", "out=s3://b/mined"]
     assert main(argv) == 0
     assert seen["command"] == ["orl-fast", "mine", "--config", "paper", "--address", "auto",
-                               "data=s3://b"]
+                               "data=s3://b", "ckpt=s3://b/stage1", "out=s3://b/mined"]
     assert seen["address"] == "http://127.0.0.1:9" and seen["working_dir"] == "."
     assert seen["pip"] == ["a", "b"] and seen["env_names"] == ["X", "Y"]
     assert seen["headers"] == {"X-One": "1=2", "Proxy-Authorization": "Bearer from-env"}
     assert seen["job_id"] == "j1" and seen["num_cpus"] == 2.0 and seen["num_gpus"] == 0.5
     assert seen["wait"] is False
+
+
+@pytest.mark.parametrize("job, message", [
+    (["orl-fast", "pretrain", "--data", "s3://b", "out=s3://r", "train.bacth_size=64"],
+     "train.bacth_size: unknown field"),
+    (["python", "-m", "orl_fast", "train", "data=s3://b", "out=s3://r"], "pairs: required"),
+    (["orl-fast", "mine", "--config", "nosuch", "data=a", "ckpt=b", "out=c"], "not a file"),
+])
+def test_submit_refuses_an_invalid_config_locally(job, message, monkeypatch, capsys):
+    monkeypatch.setattr(sub, "submit", lambda *a, **k: pytest.fail("submitted"))
+    assert main(["submit", "--address", "http://127.0.0.1:9", "--", *job]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_submit_checks_flags_and_yaml_of_the_job(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sub, "submit", lambda *a, **k: 0)
+    with pytest.raises(SystemExit) as e:
+        main(["submit", "--", "orl-fast", "pretrain", "--no-such-flag"])
+    assert e.value.code == 2 and "--no-such-flag" in capsys.readouterr().err
+    (tmp_path / "job.yaml").write_text("train:\n  epochs: 0\n")
+    assert main(["submit", "--working-dir", str(tmp_path), "--", "orl-fast", "pretrain",
+                 "--config", "job.yaml", "data=a", "out=b"]) == 2  # read from the checkout
+    assert "train.epochs: must be > 0" in capsys.readouterr().err
+    assert main(["submit", "--", "orl-fast", "pretrain", "--config", "/cluster/job.yaml",
+                 "data=a", "out=b"]) == 0  # not here: the overrides are checked alone
+    assert "only the overrides are checked" in capsys.readouterr().err
+    assert main(["submit", "--", "python", "train.py", "--anything"]) == 0  # not orl-fast
+
+
+def test_submission_id_with_job_id_as_its_alias(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sub, "submit", lambda command, **kw: seen.append(kw["job_id"]) or 0)
+    for flag in ("--submission-id", "--job-id"):
+        assert main(["submit", flag, "run-7", "--", "python", "-c", "pass"]) == 0
+    assert seen == ["run-7", "run-7"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -491,6 +528,21 @@ def test_failed_job_returns_1_with_the_clusters_reason(fake_client, capsys):
     assert sub.submit(["false"], address="http://x", job_id="j2") == 1
     assert "job j2: FAILED: Job entrypoint command failed with exit code 3" in \
         capsys.readouterr().out
+
+
+def test_the_reason_of_a_failed_job_leaves_out_the_logs_already_shown(fake_client, capsys,
+                                                                        monkeypatch):
+    from types import SimpleNamespace
+
+    fake_client(statuses=["FAILED"], chunks=["Traceback ...\nValueError: boom\n"])
+    message = ("Job entrypoint command failed with exit code 2, last available logs (truncated "
+               "to 20,000 chars):\nTraceback ...\nValueError: boom\n")
+    monkeypatch.setattr(FakeClient, "get_job_info",
+                        lambda self, job: SimpleNamespace(message=message))
+    assert sub.submit(["false"], address="http://x", job_id="j3") == 1
+    out = capsys.readouterr().out
+    assert out.count("ValueError: boom") == 1  # streamed once, not repeated in the reason
+    assert "job j3: FAILED: Job entrypoint command failed with exit code 2" in out
 
 
 def test_stream_failure_falls_back_to_polling(capsys):

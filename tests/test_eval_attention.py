@@ -53,13 +53,19 @@ def test_write_side_by_side_rows_grid_and_html(shared_data, two_ckpts, tmp_path)
               ("random init", backbones.random_init("resnet18", 0))]
     out = attention.write(models, images, str(tmp_path), size=64, device="cpu")
     assert len(out["rows"]) == 3
-    for row_path, image_path in zip(out["rows"], images):
-        row = Image.open(row_path)
-        img = attention.load_image(image_path, 64)
-        # image + 3 overlays, 4 px gaps, a label strip on top
-        assert row.size == (4 * img.width + 3 * 4, img.height + attention.LABEL_HEIGHT)
+    sizes = [attention.load_image(p, 64).size for p in images]
+    assert len(set(sizes)) > 1  # mixed aspect ratios
+    column = max(w for w, _ in sizes)
+    assert out["cell"][0] == column
+    gap = attention.GAP
+    for row_path in out["rows"]:
+        # image + 3 overlays in columns as wide as the widest image: every row the same width
+        assert Image.open(row_path).width == 4 * column + 5 * gap
     grid = Image.open(out["grid"])
-    assert grid.height == sum(Image.open(r).height for r in out["rows"]) + 2 * 4
+    assert grid.width == 4 * column + 5 * gap
+    # the column names once above, the colour bar once below: taller than the rows stacked
+    bar = attention.colour_bar(grid.width - 2 * gap)
+    assert grid.height > sum(h for _, h in sizes) + bar.height
     page = Path(out["html"]).read_text()
     assert all(f'src="{i:04d}.png"' in page for i in range(3))
     assert "BYOL, ORL, random init" in page and two_ckpts[1] in page
@@ -75,4 +81,10 @@ def test_cli_viz_attention(shared_data, two_ckpts, tmp_path):
     assert (tmp_path / "attention" / "grid.png").exists()
     assert (tmp_path / "attention" / "index.html").exists()
     labels = [m["label"] for m in json.loads(proc.stdout)["models"]]
-    assert labels == ["BYOL (stage 1): byol", "BYOL (stage 1): orl", "random init"]
+    assert labels == ["BYOL, step 7 (byol)", "BYOL, step 7 (orl)", "random init"]
+
+
+def test_colour_bar_runs_from_low_to_high():
+    bar = np.asarray(attention.colour_bar())
+    low, high = (np.argwhere((bar == attention.jet(np.array([v]))[0]).all(-1)) for v in (0, 1))
+    assert len(low) and len(high) and low[:, 1].max() < high[:, 1].min()  # blue left, red right

@@ -132,6 +132,9 @@ def test_two_iterations_on_pennfudan_give_losses_and_coco_ap(shared_data, tiny_c
         assert (out / name.replace(" ", "-") / "checkpoints" / "ckpt-00000002.pt").exists()
     md = (out / "detection.md").read_text()
     assert "| checkpoint |" in md and "APmk" in md
+    # The title names the backbone that ran (a ResNet-18 here), not the paper's R50.
+    assert rep["protocol"]["task"] == "Mask R-CNN R18-FPN transfer"
+    assert md.startswith("# Mask R-CNN R18-FPN transfer")
 
     # A rerun resumes from the finished checkpoints: no training, the same numbers.
     again = det_eval.run(cfg, train_json, val_json, str(out), root, root, progress=False)
@@ -161,3 +164,9 @@ def test_detection_under_ddp_synchronises_batchnorm(shared_data, tiny_ckpt, tmp_
         # Both ranks' predictions were gathered: more than 2 images' worth (10 per image).
         assert 20 < res["metrics"]["bbox"]["detections"] <= 40
         assert 0 <= res["metrics"]["segm"]["AP"] <= 100
+
+
+def test_detector_names_follow_the_backbone():
+    assert [det_eval.fpn_name(a) for a in ("resnet50", "resnet18", "resnet101",
+                                           "wide_resnet50_2")] == [
+        "R50-FPN", "R18-FPN", "R101-FPN", "WRN50-2-FPN"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -211,3 +212,45 @@ def test_demo_step(scene_shards, tiny_ckpt, tmp_path):
     for rep in out.values():
         assert list(rep["results"]) == ["checkpoint", "random init"]
         assert (tmp_path / f"{rep['task']}.md").exists()
+
+
+def test_reports_are_named_per_checkpoint_and_logged_to_tensorboard(scene_shards, tmp_path,
+                                                                    monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from evaluation.cli import report_dir
+    from orl_fast.cli import main
+
+    _, instances = scene_shards
+    run = tmp_path / "runs" / "byol"
+    first, _ = make_checkpoint(str(run), seed=1)
+    second = first.replace("ckpt-00000007", "ckpt-00000009")
+    shutil.copyfile(first, second)  # latest.json still names the first
+    monkeypatch.chdir(tmp_path)
+    assert report_dir(first) == "orl-fast-eval/runs-byol-ckpt-00000007"
+    assert report_dir(second) == "orl-fast-eval/runs-byol-ckpt-00000009"
+    assert report_dir(str(run)) == report_dir(first)  # a run dir: its latest checkpoint
+    assert report_dir("random") == "orl-fast-eval/random-init"
+    settings = ["--quiet", "eval.resize=64", "eval.crop=56", "eval.num_workers=0",
+                "eval.device=cpu", "eval.knn.k=5"]
+    for ckpt in (first, second):
+        assert main(["eval", "knn", "--ckpt", ckpt, "--tb", "--train", instances, *settings]) == 0
+    reports = sorted(p.parent.name for p in (tmp_path / "orl-fast-eval").glob("*/knn.json"))
+    assert reports == ["runs-byol-ckpt-00000007", "runs-byol-ckpt-00000009"]
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    scalars = events.Scalars("eval/knn/res5/mAP")
+    assert sorted(s.step for s in scalars) == [7, 7]  # both checkpoints say step 7
+    rep = json.loads((tmp_path / "orl-fast-eval" / reports[1] / "knn.json").read_text())
+    assert any(s.value == pytest.approx(rep["results"]["checkpoint"]["layers"]["res5"]["mAP"])
+               for s in scalars)
+
+
+def test_loader_workers_never_exceed_the_cores():
+    import os
+
+    from loaders.torch_loader import loader_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert loader_workers(64) == cores and loader_workers(0) == 0
+    assert loader_workers(1) == 1

@@ -212,3 +212,33 @@ def test_svm_and_probes_repeat_themselves_bit_for_bit():
     linear = [probes.linear_probe_scores(x[:60], y[:60], x[60:], ec) for _ in range(2)]
     assert np.array_equal(linear[0], linear[1])
     assert torch.get_num_threads() == threads  # restored after the single-thread block
+
+
+def test_image_folder_layout(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 3), ("val", 2)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8)).save(tmp_path / split / cls / f"{i}.jpg")
+    train, test, _ = datasets.train_test(str(tmp_path), "train", "val", 0.5, 0)
+    assert train.classes == ("cat", "dog") and len(train) == 6 and len(test) == 4
+    assert train.single_label and train.labels[:3, 0].tolist() == [1, 1, 1]
+    assert train.paths[0].endswith("train/cat/0.jpg") and "ImageFolder" in train.source
+    # A folder per class without split folders: one split.
+    one = datasets.load(str(tmp_path / "val"), "all")
+    assert len(one) == 4 and one.labels.tolist() == [[1, -1], [1, -1], [-1, 1], [-1, 1]]
+
+
+def test_parallel_map_keeps_the_order_and_shows_a_bar(capsys):
+    assert voc07.parallel_map(_square, range(5), jobs=1, shared=2, desc="SVMs res5") == [
+        0, 2, 8, 18, 32]
+    err = capsys.readouterr().err
+    assert "SVMs res5" in err and "5/5" in err
+    assert voc07.parallel_map(_square, range(3), jobs=1, shared=1) == [0, 1, 4]
+    assert capsys.readouterr().err == ""  # no desc: no bar
+
+
+def _square(shared: int, x: int) -> int:
+    return shared * x * x

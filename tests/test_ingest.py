@@ -161,3 +161,20 @@ def test_stored_pixels_match_the_source(coco_mini, tmp_path):
            progress=False)
     stored = np.asarray(Image.open(io.BytesIO(ShardIndex(str(tmp_path / "o")).data(0))))
     assert np.array_equal(stored, np.asarray(Image.open(coco_mini / "images" / name)))
+
+
+def test_shard_size_chosen_from_inputs_and_workers(tmp_path):
+    from loaders.ingest import choose_shard_size
+
+    assert choose_shard_size(741, 2) == 93  # 8 shards: four per worker
+    assert choose_shard_size(741, 64) == 32  # never below 32 images
+    assert choose_shard_size(10_000_000, 64) == 1000  # nor above 1000
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(100):
+        Image.new("RGB", (40, 40), (i, 0, 0)).save(src / f"{i:03d}.png")
+    rep = ingest(str(src), str(tmp_path / "out"), IngestConfig(workers=1), progress=False)
+    assert (rep["shard_size"], rep["shards"]) == (32, 4)
+    # A rerun with other workers keeps the shard size its output was made with.
+    rep = ingest(str(src), str(tmp_path / "out"), IngestConfig(workers=4), progress=False)
+    assert (rep["shard_size"], rep["shards"]) == (32, 4)

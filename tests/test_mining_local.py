@@ -211,3 +211,80 @@ def test_purity_and_viz_on_the_mined_scenes(mined, scene_shards, tmp_path):
     assert html.count("<tr>") == 6 and "pairs-00.png" in html
     with Image.open(tmp_path / "viz" / "pairs-00.png") as img:
         assert img.width > 600 and img.height > 3 * 176
+
+
+def test_progress_counts_images_and_boxes(capsys):
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(shard_ids=[0, 1, 2], counts=[100, 100, 41])
+    done = {stage: set() for stage in pipeline.STAGES}
+    done["embed"] = {0}  # finished by an earlier run
+    progress = pipeline.Progress(plan, done, enabled=True)
+    progress.update("proposals", 2, {"boxes": 12_345})
+    progress.update("embed", 1, {})
+    assert progress.images["embed"] == 200 and progress.images["proposals"] == 41
+    assert progress.bar.n == 241 and progress.bar.total == 5 * 241
+    shown = progress.bar.postfix
+    assert "proposals 41/241 (12.3k boxes)" in shown and "embed 200/241" in shown
+    assert "pairs 0/241" in shown
+    progress.close()
+
+
+def test_mine_tools_in_the_cli(mined, scene_shards, tmp_path, capsys):
+    out, _ = mined
+    shards, instances = scene_shards
+    assert cli.main(["mine", "purity", "--pairs", out, "--gt", instances]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):]) == pair_purity(out, instances)
+    assert os.path.exists(os.path.join(out, "purity.json"))
+    assert cli.main(["mine", "export-official", f"pairs={out}", "--out",
+                     str(tmp_path / "official")]) == 0
+    corr = tmp_path / "official" / "correspondence.json"
+    assert corr.exists()
+    assert cli.main(["mine", "import-official", str(corr), "--data", shards, "--out",
+                     str(tmp_path / "back")]) == 0
+    assert "48 records" in capsys.readouterr().out
+    assert len(open_pairs(str(tmp_path / "back"))) == 48
+
+
+def test_viz_pairs_writes_to_a_url_with_ground_truth(mined, scene_shards):
+    import fsspec
+
+    from mining import viz
+
+    out, _ = mined
+    _, instances = scene_shards
+    assert cli.main(["viz", "pairs", "--pairs", out, "--out", "memory://viz-gt", "--gt",
+                     instances, "--top", "6"]) == 0
+    assert not os.path.exists("memory:") and not os.path.exists("memory:/viz-gt")
+    mem = fsspec.filesystem("memory")
+    page = mem.cat("/viz-gt/index.html").decode()
+    assert "pair purity" in page and "scene_0000" in page  # file names, not keys
+    with Image.open(mem.open("/viz-gt/pairs-00.png")) as img:
+        assert img.width == viz.COLS * viz.CELL[0] + (viz.COLS + 1) * 8
+    shown = viz.render_pairs(out, "memory://viz-gt2", top=6, gt=instances)
+    assert shown["purity"] == pair_purity(out, instances)
+
+
+def test_pairs_shown_come_from_several_groups():
+    from mining.viz import NO_OBJECT, TopPair, spread
+
+    pairs = [TopPair(1 - i / 100, i, 100 + i, (0, 0, 1, 1), (0, 0, 1, 1)) for i in range(12)]
+    groups = ["disc"] * 8 + ["star"] * 2 + [NO_OBJECT, "ring"]
+    chosen = spread(pairs, groups, 6)
+    assert [g for _, g in chosen] == ["disc", "star", "ring", NO_OBJECT, "disc", "star"]
+    assert [p.score for p, g in chosen if g == "disc"] == [1.0, 0.99]  # each group's best first
+    # An image already shown waits while pairs of other images are left.
+    pairs = [TopPair(0.9, 1, 2, (0, 0, 1, 1), (0, 0, 1, 1)),
+             TopPair(0.8, 1, 3, (0, 0, 1, 1), (0, 0, 1, 1)),
+             TopPair(0.7, 4, 5, (0, 0, 1, 1), (0, 0, 1, 1))]
+    assert [p.score for p, _ in spread(pairs, ["a"] * 3, 3)] == [0.9, 0.7, 0.8]
+
+
+def test_purity_no_better_than_random_is_a_plain_warning():
+    from mining.purity import summary_line, warning
+
+    good = {"pairs": 10, "pair_purity": 0.4, "random_pair_purity": 0.1, "box_gt_match": 0.5}
+    bad = {**good, "pair_purity": 0.1}
+    assert warning(good) == "" and "WARNING" not in summary_line(good)
+    assert "no better than random pairs" in summary_line(bad)

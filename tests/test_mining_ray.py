@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -158,3 +159,16 @@ def test_killed_task_is_retried(reference, coco_shards, tmp_path, ray_cluster):
     assert summary["pairs"]["records"] == 64
     assert output_digests(out) == expected
     assert not _stray_temporaries(out)
+
+
+def test_a_private_ray_starts_without_the_token_notice(tmp_path):
+    """Ray announces at every local start that it enabled token authentication (its default);
+    the private Ray of orl-fast keeps it enabled and starts quietly."""
+    env = {k: v for k, v in subprocess_env().items() if k != "RAY_AUTH_MODE"}
+    code = ("from orl_fast.core.ray_runtime import ray_session\n"
+            "with ray_session(num_cpus=1):\n    import ray; print(ray.is_initialized())\n")
+    proc = subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("True")
+    assert "Token authentication" not in proc.stderr

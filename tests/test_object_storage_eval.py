@@ -334,10 +334,10 @@ def test_cli_viz_attention_with_images_and_out_on_s3_equals_local(site, s3_serve
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)
     assert printed["grid"] == f"{remote}/viz/attention/grid.png"
-    assert [m["label"] for m in printed["models"]] == ["BYOL (stage 1): run", "random init"]
+    assert [m["label"] for m in printed["models"]] == ["BYOL, step 7 (run)", "random init"]
     # The same maps from local paths.
     seed = load_config("paper").eval.seed
-    models = [("BYOL (stage 1): run", backbones.load(f"{local}/run")),
+    models = [("BYOL, step 7 (run)", backbones.load(f"{local}/run")),
               ("random init", backbones.random_init("resnet18", seed))]
     images = attention.list_images(f"{local}/att/images", 8)
     assert attention.list_images(f"{remote}/att/images", 8) == [

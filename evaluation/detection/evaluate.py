@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from evaluation import backbones, report
 from evaluation.backbones import Weights
@@ -48,7 +49,8 @@ def predict(model: nn.Module, data: DetectionData, dc: DetectionConfig, rt: Runt
     positions = list(range(rt.rank, len(dataset), rt.world_size))
     loader = DataLoader(torch.utils.data.Subset(dataset, positions), batch_size=1,
                         num_workers=0, collate_fn=collate)
-    for images, metas in loader:
+    for images, metas in tqdm(loader, desc="detection: validation images", unit="img",
+                              disable=not (progress and rt.is_main), dynamic_ncols=True):
         out = model([im.to(rt.device) for im in images])
         for o, meta in zip(out, metas):
             xyxy = o["boxes"].float().cpu().numpy()
@@ -100,14 +102,14 @@ Transfer = Callable[[Weights, DetectionData, Config, str, Runtime, bool], dict |
 PROTOCOL = {
     "torchvision": {
         "model": "torchvision Mask R-CNN, maskrcnn_resnet50_fpn_v2-style heads (FPN + BN, "
-                 "{rpn_convs}-conv RPN head, 4conv1fc box head, 4-conv mask head), backbone from "
-                 "the weights, all layers trained",
+                 "{rpn_convs}-conv RPN head, 4conv1fc box head, 4-conv mask head) on the weights' "
+                 "{arch}, all layers trained",
         "metric": "pycocotools COCOeval (bbox, segm): AP, AP50, AP75, APs, APm, APl",
     },
     "detectron2": {
         "model": "detectron2 GeneralizedRCNN on the exported config and weights (ResNet-FPN, "
                  "StandardRPNHead with {rpn_convs} conv, 4conv1fc box head, 4-conv mask head, "
-                 "BatchNorm in FPN and heads), backbone from the weights, all layers trained by "
+                 "BatchNorm in FPN and heads) on the weights' {arch}, all layers trained by "
                  "detectron2's DefaultTrainer",
         "metric": "detectron2 COCOEvaluator (bbox, segm): AP, AP50, AP75, APs, APm, APl",
     },
@@ -160,13 +162,15 @@ def _run(cfg: Config, train_json: str, val_json: str | None, out: str,
                      val_images)
     results = {}
     t0 = time.perf_counter()
-    for w in backbones.with_baseline(cfg.ckpt or backbones.RANDOM, cfg.model.backbone, ec.seed):
+    weights = backbones.with_baseline(cfg.ckpt or backbones.RANDOM, cfg.model.backbone, ec.seed)
+    for w in weights:
         t_model = time.perf_counter()
         run_dir = storage.join(out, w.name.replace(" ", "-"))
         done = fine_tune(w, data, cfg, run_dir, rt, progress)
         if rt.is_main:
             metrics = done["metrics"]
             results[w.name] = {"weights": {"source": w.source, "arch": w.arch, "stage": w.stage,
+                                           "step": w.step,
                                            "digest": w.digest},
                                "run_dir": run_dir, "metrics": metrics,
                                "backbone_norm": done["backbone_norm"],
@@ -180,9 +184,11 @@ def _run(cfg: Config, train_json: str, val_json: str | None, out: str,
     rep = {
         "task": "detection",
         "protocol": {
-            "task": "Mask R-CNN R50-FPN transfer" if dc.masks else "Faster R-CNN R50-FPN transfer",
+            "task": f"{'Mask' if dc.masks else 'Faster'} R-CNN {fpn_name(weights[0].arch)} "
+                    "transfer",
             "engine": dc.engine,
-            "model": PROTOCOL[dc.engine]["model"].format(rpn_convs=dc.rpn_convs),
+            "model": PROTOCOL[dc.engine]["model"].format(rpn_convs=dc.rpn_convs,
+                                                          arch=weights[0].arch),
             "norm": dc.norm, "schedule": asdict(schedule(dc)), "stopped_at": stop_iter(dc),
             "world_size": rt.world_size, "input": {"min_size_train": list(dc.min_size_train),
                                                    "min_size_test": dc.min_size_test,
@@ -198,6 +204,15 @@ def _run(cfg: Config, train_json: str, val_json: str | None, out: str,
     rep["files"] = dict(zip(("json", "markdown"),
                             report.write(out, "detection", rep, markdown(rep))))
     return rep
+
+
+def fpn_name(arch: str) -> str:
+    """detectron2's name of the detector's backbone: resnet50 -> R50-FPN, resnet18 -> R18-FPN,
+    wide_resnet50_2 -> WRN50-2-FPN."""
+    if arch.startswith("wide_resnet"):
+        depth, width = arch[len("wide_resnet"):].split("_")
+        return f"WRN{depth}-{width}-FPN"
+    return f"R{arch[len('resnet'):]}-FPN" if arch.startswith("resnet") else f"{arch}-FPN"
 
 
 def markdown(rep: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from evaluation.backbones import Weights
 from evaluation.detection.data import CocoInstances, DetectionData, collate
@@ -68,7 +69,8 @@ def train(weights: Weights, data: DetectionData, cfg: Config, out: str, rt: Runt
         on_start)
     barrier(rt)
     if dc.precise_bn_iters and dc.norm == "sync":
-        precise_bn(model, dataset, dc, rt, autocast_for(ec.precision, rt.device))
+        precise_bn(model, dataset, dc, rt, autocast_for(ec.precision, rt.device),
+                   progress and rt.is_main)
     return model
 
 
@@ -95,7 +97,7 @@ def _to(target: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def precise_bn(model: nn.Module, dataset: CocoInstances, dc: DetectionConfig, rt: Runtime,
-               autocast) -> None:
+               autocast, progress: bool = False) -> None:
     """detectron2 PreciseBN: BatchNorm running statistics = the mean of the batch statistics of
     ``precise_bn_iters`` training batches (weights unchanged)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -110,7 +112,9 @@ def precise_bn(model: nn.Module, dataset: CocoInstances, dc: DetectionConfig, rt
     model.train()
     with torch.random.fork_rng(devices=[rt.device.index] if rt.device.type == "cuda" else []):
         torch.manual_seed(1_000_003 + rt.rank)  # the RoI sampling, hence the statistics
-        for images, targets in make_loader(dataset, sampler, 0, False, collate_fn=collate):
+        batches = make_loader(dataset, sampler, 0, False, collate_fn=collate)
+        for images, targets in tqdm(batches, desc="precise BN", unit="batch",
+                                    disable=not progress, dynamic_ncols=True):
             with autocast:
                 model([im.to(rt.device) for im in images], [_to(t, rt.device) for t in targets])
     for m, momentum in zip(bns, saved):

@@ -114,6 +114,22 @@ def load_config(name_or_path: str | None = "paper", overrides: list[str] | None 
     return from_dict(data).validate()
 
 
+def path_overrides(overrides: list[str], **paths: str | None) -> list[str]:
+    """``overrides`` plus ``name=value`` for every path flag given (``--data X`` is ``data=X``).
+
+    The command line takes a step's paths either way; the same field given both ways with two
+    values is a ConfigError naming it."""
+    given = {item.partition("=")[0].strip(): item.partition("=")[2] for item in overrides}
+    extra = []
+    for name, value in paths.items():
+        if not value:
+            continue
+        if name in given and given[name] != value:
+            raise ConfigError(f"{name}: given twice, as --{name} {value} and {name}={given[name]}")
+        extra.append(f"{name}={json.dumps(value)}")  # a string as it is (JSON is YAML)
+    return [*overrides, *extra]
+
+
 def from_dict(data: dict[str, Any]) -> Config:
     from orl_fast.core.defaults import Config
 

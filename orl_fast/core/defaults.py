@@ -45,6 +45,10 @@ class ModelConfig:
     # biases 0, norm layers weight 1 and bias 0. "torchvision": torchvision's ResNet init
     # (convolutions fan_out) and PyTorch's Linear default (kaiming uniform, a = sqrt(5)).
     init: Literal["official", "torchvision"] = "official"
+    # Backbone initialisation of Stage 1 / Stage 3 (online and target): "" (random), or a
+    # torchvision / timm ResNet weights file of this backbone (.pth, .pt, .safetensors; a path or
+    # URL, never a download), or an orl-fast checkpoint. Shapes are checked at start-up.
+    init_weights: str = ""
 
     def validate(self, p: str) -> None:
         _positive(p, self, "proj_hidden_dim", "proj_dim", "pred_hidden_dim")
@@ -182,7 +186,10 @@ class TrainConfig:
 
 @dataclass
 class IngestConfig:
-    shard_size: int = 1000
+    # Images per shard (a shard is one unit of ingest and of every Stage 2 step). 0: chosen from
+    # the number of inputs and the workers, about four shards per worker, between 32 and 1000
+    # images each (loaders.ingest.choose_shard_size).
+    shard_size: int = 0
     # Worker processes (0: one per CPU core).
     workers: int = 0
     # Quality for images that must be re-encoded (non-JPEG, CMYK, 16-bit, alpha, rotated, ...).
@@ -202,8 +209,8 @@ class IngestConfig:
     )
 
     def validate(self, p: str) -> None:
-        _positive(p, self, "shard_size", "min_side", "max_pixels", "max_bytes")
-        _non_negative(p, self, "workers", "max_side")
+        _positive(p, self, "min_side", "max_pixels", "max_bytes")
+        _non_negative(p, self, "shard_size", "workers", "max_side")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"{p}jpeg_quality: must be in [1, 100], got {self.jpeg_quality}")
 

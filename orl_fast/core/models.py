@@ -8,13 +8,18 @@ State-dict layout (every checkpoint of every stage uses it):
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from orl_fast.core import checkpoint, storage
+from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import ModelConfig
+from orl_fast.core.errors import InputError
+from orl_fast.core.extras import require
 from orl_fast.core.losses import regression_loss
 
 # ORL's loss weights that leave the image term alone: BYOL, Stage 1.
@@ -59,6 +64,67 @@ def build_backbone(name: str, stem: str = "imagenet",
     elif init != "torchvision":
         raise ValueError(f"unknown init {init!r} (official or torchvision)")
     return net, dim
+
+
+def resnet_weights(state: Any, arch: str, where: str,
+                   stem: str = "imagenet") -> dict[str, torch.Tensor]:
+    """The backbone weights of a torchvision or timm ResNet state dict (also under a
+    ``state_dict`` or ``model`` entry, keys with or without ``module.``), ``fc.*`` dropped, checked
+    against ``arch``: InputError naming ``where`` and the first keys that differ."""
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not (isinstance(state, dict) and state
+            and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise InputError(f"{where}: neither an orl-fast checkpoint nor a state dict of tensors")
+    sd = {k.removeprefix("module."): v for k, v in state.items()}
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    check_resnet(sd, arch, where, stem)
+    return sd
+
+
+def check_resnet(sd: dict[str, torch.Tensor], arch: str, where: str,
+                 stem: str = "imagenet") -> None:
+    """InputError unless ``sd`` holds exactly the weights of ``arch`` (``fc`` excluded)."""
+    expected = build_backbone(arch, stem)[0].state_dict()
+    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    wrong = [k for k in sorted(set(expected) & set(sd)) if expected[k].shape != sd[k].shape]
+    if missing or unexpected or wrong:
+        raise InputError(f"{where}: not a torchvision {arch} backbone ({stem} stem; missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]})")
+
+
+def read_weights(path: str) -> Any:
+    """What a weights file holds (``torch.load(weights_only=True)``; ``.safetensors`` too), local
+    or any fsspec URL. No download from a model hub: a file."""
+    if path.endswith(".safetensors"):
+        return require("safetensors.torch", "eval", "reading .safetensors weights").load(
+            storage.read_bytes(path))
+    return checkpoint.read_torch(path)
+
+
+def init_backbone_(model: nn.Module, path: str, cfg: ModelConfig) -> None:
+    """``model.init_weights``: the online and target backbones of ``model`` from a torchvision
+    or timm ResNet weights file, or the online backbone of an orl-fast checkpoint (file or run
+    directory); the projector and predictors keep their initialisation. Errors are one
+    ConfigError naming the field."""
+    field = "model.init_weights"
+    try:
+        file = path if storage.isfile(path) else checkpoint.resolve(path)
+        if file is None:
+            raise FileNotFoundError("no such file")
+        state = read_weights(file)
+        if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
+            sd = checkpoint.backbone_state_dict(state)
+            check_resnet(sd, cfg.backbone, file, cfg.stem)
+        else:
+            sd = resnet_weights(state, cfg.backbone, file, cfg.stem)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"{field}: {path}: {e}") from None
+    for branch in (model.online, model.target):
+        branch.backbone.load_state_dict(sd, strict=True)
 
 
 class MLP(nn.Sequential):

@@ -18,6 +18,7 @@ runs on its own cluster.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -27,6 +28,9 @@ from orl_fast.core.extras import MissingExtra, require
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+# Ray (>= 2.5x) logs a warning at every start of a local instance that it enabled token
+# authentication: the default, not a problem. It stays enabled; only the notice is dropped.
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def _loopback_only() -> None:
@@ -89,18 +93,31 @@ def ray_session(address: str = "", num_cpus: int = 0, object_store_mb: int = 256
         ray.init(address=address, log_to_driver=True)
     else:
         _loopback_only()
-        ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            num_gpus=None if use_gpus else 0,
-            object_store_memory=object_store_mb << 20,
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-            dashboard_port=free_port() if dashboard else None,
-            log_to_driver=True,
-            runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}},
-        )
+        with _quiet(TOKEN_NOTICE_LOGGER):
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                num_gpus=None if use_gpus else 0,
+                object_store_memory=object_store_mb << 20,
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",
+                dashboard_port=free_port() if dashboard else None,
+                log_to_driver=True,
+                runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath()}},
+            )
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Warnings of one logger dropped for the block (errors still shown)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -30,13 +30,14 @@ class RunLog:
     and logged again; TensorBoard hides them too (``purge_step``). The event files of earlier
     runs stay in OUT/tb beside the new one.
 
-    ``enabled=False`` (ranks other than the main one) logs nothing.
+    ``enabled=False`` (ranks other than the main one) logs nothing; ``jsonl=False`` writes
+    TensorBoard only (scalars added to a run afterwards, e.g. its evaluations).
     """
 
     def __init__(self, out: str, key: str = "step", tb_prefix: str | None = None,
-                 resumed_at: int = 0, enabled: bool = True):
+                 resumed_at: int = 0, enabled: bool = True, jsonl: bool = True):
         self.out, self.key, self.tb_prefix = out, key, tb_prefix
-        self.enabled = enabled
+        self.enabled, self.jsonl = enabled, jsonl
         self.remote = enabled and not storage.is_local(out)
         self.writer: SummaryWriter | None = None
         self._staging: str | None = None
@@ -45,20 +46,23 @@ class RunLog:
         if not enabled:
             return
         url = storage.join(out, METRICS_FILE)
-        kept = self._kept(url, resumed_at)
+        kept = self._kept(url, resumed_at) if jsonl else []
         if self.remote:
             self._staging = tempfile.mkdtemp(prefix="orl-fast-log-")
             self.metrics_path = os.path.join(self._staging, METRICS_FILE)
             self.tb_dir = os.path.join(self._staging, TB_DIR)
-            with open(self.metrics_path, "w") as f:
-                f.writelines(kept)
+            if jsonl:
+                with open(self.metrics_path, "w") as f:
+                    f.writelines(kept)
         else:
             self.metrics_path = url
             self.tb_dir = storage.join(out, TB_DIR)
-            if storage.exists(url):
+            if jsonl and storage.exists(url):
                 storage.atomic_write(url, "".join(kept).encode())
         if tb_prefix is not None:
-            earlier = resumed_at or storage.listdir(storage.join(out, TB_DIR))
+            # a run's own resume hides what a killed run logged after its checkpoint; scalars
+            # added to a run afterwards (jsonl=False) hide nothing
+            earlier = jsonl and (resumed_at or storage.listdir(storage.join(out, TB_DIR)))
             self.writer = SummaryWriter(self.tb_dir,
                                         purge_step=resumed_at + 1 if earlier else None)
 
@@ -83,19 +87,22 @@ class RunLog:
         if self.writer is not None:
             for k, v in scalars.items():
                 self.writer.add_scalar(f"{self.tb_prefix}/{k}", v, step)
+        self._dirty = True
+        if not self.jsonl:
+            return
         line = json.dumps({self.key: step, **{k: round(v, 6) for k, v in scalars.items()}})
         if not self.remote:
             os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(line + "\n")
-        self._dirty = True
 
     def sync(self) -> None:
         """Remote OUT: upload what was logged since the last sync (a local OUT is always current)."""
         if not (self.remote and self._dirty):
             return
-        with open(self.metrics_path, "rb") as f:
-            storage.atomic_write(storage.join(self.out, METRICS_FILE), f.read())
+        if self.jsonl:
+            with open(self.metrics_path, "rb") as f:
+                storage.atomic_write(storage.join(self.out, METRICS_FILE), f.read())
         if self.writer is not None:
             self.writer.flush()
             for root, _, names in os.walk(self.tb_dir):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from loaders.orl_samples import SampleBuilder
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import init_runtime, shutdown
-from orl_fast.core.models import IMAGE_ONLY, ORL
+from orl_fast.core.models import IMAGE_ONLY, ORL, init_backbone_
 from orl_fast.training import runs
 from orl_fast.training.runs import choose_loader, seed_everything
 
@@ -19,9 +19,14 @@ STAGE = "stage1"
 
 
 def prepare(cfg: Config) -> runs.Prepared:
-    """Stage 1's start-up checks (the shards, the batch, OUT's checkpoint); nothing is written."""
+    """Stage 1's start-up checks (the shards, the batch, the initial weights, OUT's checkpoint);
+    nothing is written. ``model.init_weights`` is loaded (a resumed run then loads its own
+    checkpoint)."""
     cfg.require("data", "out")
-    return runs.prepare(cfg, STAGE, SampleBuilder(cfg, IMAGE_ONLY), ORL(cfg.model, IMAGE_ONLY))
+    model = ORL(cfg.model, IMAGE_ONLY)
+    if cfg.model.init_weights:
+        init_backbone_(model, cfg.model.init_weights, cfg.model)
+    return runs.prepare(cfg, STAGE, SampleBuilder(cfg, IMAGE_ONLY), model)
 
 
 def run(cfg: Config, lock_out: bool = True) -> str:

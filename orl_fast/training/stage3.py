@@ -14,7 +14,7 @@ from orl_fast.core import checkpoint
 from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import init_runtime, shutdown
-from orl_fast.core.models import ORL
+from orl_fast.core.models import ORL, init_backbone_
 from orl_fast.training import runs
 from orl_fast.training.engine import input_paths
 from orl_fast.training.runs import choose_loader, seed_everything
@@ -47,12 +47,17 @@ def prepare(cfg: Config) -> runs.Prepared:
     cfg.require("data", "out")
     if cfg.orl.init == "stage1":
         cfg.require("ckpt")
+        if cfg.model.init_weights:
+            raise ConfigError("model.init_weights: not with orl.init=stage1 (the Stage 1 "
+                              "checkpoint holds the weights)")
     builder = SampleBuilder(cfg)
     model = ORL(cfg.model, cfg.orl.loss_weights)
     inputs = {}
     if cfg.orl.init == "stage1":
         init_from_stage1(model, cfg.ckpt)
         inputs["ckpt"] = input_paths(cfg.to_dict())["ckpt"]
+    elif cfg.model.init_weights:
+        init_backbone_(model, cfg.model.init_weights, cfg.model)
     return runs.prepare(cfg, STAGE, builder, model, inputs)
 
 
