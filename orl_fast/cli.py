@@ -28,7 +28,6 @@ import traceback
 from orl_fast import __version__
 from orl_fast.core.config import ConfigError, load_config, path_overrides
 from orl_fast.core.errors import DEBUG_ENV, UserError, debug_requested, one_line
-from orl_fast.core.extras import MissingExtra
 
 # What each path flag holds, for the help texts.
 PATHS = {"data": ("SHARDS", "image shards (the output of orl-fast ingest)"),
