@@ -4,6 +4,7 @@ Every sub-command that takes a config accepts ``--config NAME|PATH`` (shipped: p
 dotted ``FIELD=VALUE`` overrides, e.g.::
 
     orl-fast ingest images/ shards/ ingest.shard_size=500
+    orl-fast labels shards/ --from instances.json            # optional: labels for OPERA / SCAN
     orl-fast mine --config paper data=shards/ ckpt=runs/stage1 out=mined/
     orl-fast viz pairs mined/ --out viz/
     orl-fast pretrain --config paper data=shards/ out=runs/stage1 train.batch_size=256
@@ -45,6 +46,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         for kind, entry in sorted(report[section].items()):
             print(f"  {section} {kind}: {entry['count']}")
     print(f"shards, index.json and report.json in {args.out}")
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from loaders.labels import LabelError, attach, describe
+
+    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+    try:
+        header = attach(args.shards, args.source, args.format, args.out, classes)
+    except LabelError as e:
+        print(f"orl-fast labels: {e}", file=sys.stderr)
+        return 2
+    print(describe(header))
+    print(f"label store: {args.out or args.shards.rstrip('/') + '/labels.npz'}")
     return 0
 
 
@@ -148,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("labels", help="attach labels to shards (for label.mode=opera|scan)")
+    p.add_argument("shards", help="the image shards of orl-fast ingest")
+    p.add_argument("--from", dest="source", required=True,
+                   help="ImageFolder directory, COCO instances .json, VOC labels.csv or a CSV of "
+                        "path,label[,label...]")
+    p.add_argument("--format", default="auto", choices=["auto", "imagefolder", "coco", "voc",
+                                                        "csv"],
+                   help="label file format (default: %(default)s, from the path and header)")
+    p.add_argument("--classes", default="",
+                   help="imagefolder / csv: the vocabulary, comma-separated (default: the "
+                        "sorted class names found)")
+    p.add_argument("--out", default="",
+                   help="label store to write (default: SHARDS/labels.npz; then label.source "
+                        "may stay empty)")
+    p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser("mine", help="Stage 2: correspondence mining on Ray "
                                     "(data=SHARDS ckpt=STAGE1 out=DIR)")
