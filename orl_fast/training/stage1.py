@@ -3,7 +3,9 @@
 BYOL is ORL with the image term alone: the model is :class:`orl_fast.core.models.ORL` with loss
 weights (1, 0, 0) (its modules and checkpoint keys are BYOL's: ``online.*``, ``predictor.*``,
 ``target.*``), fed by Stage 3's sample plans without patches (the two global views), rendered by
-the same loaders (DALI on the GPU, torch on the CPU: ``orl.loader``).
+the same loaders (DALI on the GPU, torch on the CPU: ``orl.loader``). ``label.mode=opera`` adds
+the class head on the two views; ``label.mode=scan`` (with ``pairs``: a Stage 2 output of a
+first Stage 1 model) the neighbour term.
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ from __future__ import annotations
 from loaders.orl_samples import SampleBuilder
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import init_runtime, shutdown
-from orl_fast.core.models import IMAGE_ONLY, ORL
-from orl_fast.training.runs import choose_loader, seed_everything, train, write_run_config
+from orl_fast.core.models import IMAGE_ONLY
+from orl_fast.training.runs import (
+    choose_loader,
+    label_model,
+    seed_everything,
+    train,
+    write_run_config,
+)
 
 
 def run(cfg: Config) -> str:
@@ -24,6 +32,6 @@ def run(cfg: Config) -> str:
         builder = SampleBuilder(cfg, IMAGE_ONLY)
         kind = choose_loader(cfg, rt.device)
         write_run_config(cfg, rt)
-        return train(cfg, ORL(cfg.model, IMAGE_ONLY), builder, rt, "stage1", kind)
+        return train(cfg, label_model(cfg, builder, IMAGE_ONLY), builder, rt, "stage1", kind)
     finally:
         shutdown()
