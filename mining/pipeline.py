@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from loaders.labels import open_store, store_path
 from loaders.pairs import write_pairs_index
 from mining import embed, knn, proposals, roi_embed, roi_pairs
-from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, make_plan
+from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, file_sha256, make_plan
 from mining.summary import build_summary
 from orl_fast.core import storage
 from orl_fast.core.config import ConfigError
@@ -364,6 +365,18 @@ def finalize(plan: Plan) -> dict:
     return summary
 
 
+def label_gate(cfg: Config) -> dict:
+    """SCAN's Stage 2 gate of ``label.mode=scan`` (else none), with the label store checked."""
+    lab = cfg.label
+    if lab.mode != "scan":
+        return {}
+    data = _absolute(cfg.data)
+    open_store(data, lab.source)
+    path = store_path(data, lab.source)
+    return {"store": path, "store_sha256": file_sha256(path), "jaccard": lab.jaccard,
+            "candidates": lab.candidates, "pairs": lab.pair_gate, "box_iou": lab.box_iou}
+
+
 def run(cfg: Config, progress: bool = True) -> dict:
     """Mine ``cfg.data`` with the Stage 1 model ``cfg.ckpt`` into ``cfg.out``; returns the summary."""
     cfg.require("data", "ckpt", "out")
@@ -374,7 +387,7 @@ def run(cfg: Config, progress: bool = True) -> dict:
                if mine.executor == "ray" else contextlib.nullcontext())
     with session:
         plan = make_plan(_absolute(cfg.out), _absolute(cfg.data), _absolute(cfg.ckpt), mine,
-                         _device(mine))
+                         _device(mine), label_gate(cfg))
         for stage in STAGES:
             storage.makedirs(plan.dir(stage))
             storage.remove_stale_temporaries(plan.dir(stage))
