@@ -454,3 +454,16 @@ def test_stage2_label_gate(scene_shards, tmp_path):
             assert a < 0 or b < 0 or a == b
             checked += a >= 0 and b >= 0
     assert checked > 0 and summary["pairs"]["records"] > 0
+
+
+def test_class_head_of_another_vocabulary_is_a_config_error(tmp_path):
+    from orl_fast.core.defaults import LabelConfig, ModelConfig
+    from orl_fast.core.models import ORL
+
+    cfg = ModelConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16)
+    label = LabelConfig(mode="opera", head_hidden_dim=4)
+    path = checkpoint.save(str(tmp_path), 1, {"stage": "stage1", "model": ORL(
+        cfg, (1.0, 0.0, 0.0), label, 8).state_dict()}, keep_last=1)
+    runs.check_class_head(ORL(cfg, (1.0, 0.0, 0.0), label, 8), path, "ckpt")  # same size: fine
+    with pytest.raises(ConfigError, match=r"^ckpt: .* class head of 8 classes, .* vocabulary 6"):
+        runs.check_class_head(ORL(cfg, (1.0, 0.0, 0.0), label, 6), path, "ckpt")
