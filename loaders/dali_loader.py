@@ -21,6 +21,9 @@ image x and of its neighbour (read by key through the shard index) and the sampl
 5. hands uint8 tensors ``[B, F, 3, H, W]`` (channels-last strides) to torch through
    ``DALIGenericIterator``.
 
+A label-aware mode adds the sample's targets (passed through as they are) and SCAN its third
+view (the label neighbour's JPEG decoded and cut like the views, appended as frame 2).
+
 All randomness comes from the plan, so batches are a pure function of (seed, step), as on the
 torch path: resuming a run reproduces its samples. ``device_id=None`` runs the same graph on DALI's
 CPU backend (tests, machines without a GPU). All of this matches the torch path
@@ -31,6 +34,7 @@ weighs the channels 0.299 / 0.587 / 0.114, not as torchvision: neither is used).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 
@@ -72,6 +76,11 @@ class ORLSource:
             self.names += ["patch_roi", *self._photo_names("patch")]
         if builder.uses_neighbor:
             self.names += ["neighbor_jpeg"] + ["neighbor_window"] * self.roi_decode
+        if builder.scan:
+            self.names += ["scan_jpeg", "scan_roi", *self._photo_names("scan")]
+        self.target_names = [] if builder.labels is None else sorted(
+            builder.targets(builder.plan(0, 0)))
+        self.names += self.target_names
         self.kernel = blur_kernel(builder.cfg.aug)
         self._cached: tuple[int, list] = (-1, [])
 
@@ -108,7 +117,19 @@ class ORLSource:
             out["neighbor_jpeg"] = self._jpeg(plan.neighbor)
             if self.roi_decode:
                 out["neighbor_window"] = plan.boxes[5].astype(np.int32)
+        if self.builder.scan:
+            out.update(self._scan_arrays(plan))
+        if self.target_names:
+            out.update(self.builder.targets(plan))
         return out
+
+    def _scan_arrays(self, plan: SamplePlan) -> dict[str, np.ndarray]:
+        """SCAN's view: the label neighbour's bytes (x's without one), its region and its
+        augmentation, as a one-crop plan."""
+        src = plan.scan_neighbor if plan.scan_neighbor >= 0 else plan.key
+        view = dataclasses.replace(plan, boxes=plan.scan_box[None], photo=plan.scan_photo)
+        return {"scan_jpeg": self._jpeg(src), "scan_roi": self._roi(view, 0)[None],
+                **self._photometric(view, (0,), "scan")}
 
     def _roi(self, plan: SamplePlan, crop: int) -> np.ndarray:
         """(y0, x0, y1, x1) for fn.resize; x swapped when flipped. The ROI-decoded neighbour patch
@@ -248,6 +269,11 @@ def build_pipeline(source: ORLSource, batch_size: int, device_id: int | None, nu
         image = fn.decoders.image(d["jpeg"], **decode_args)
         views = [resize(image, d["view_roi"][i], cfg.aug.crop_size) for i in range(2)]
         outputs = [augment(fn.stack(*views, axis=0, axis_name="F"), d, "view")]
+        if source.builder.scan:
+            scan = fn.decoders.image(d["scan_jpeg"], **decode_args)
+            scan = augment(fn.stack(resize(scan, d["scan_roi"][0], cfg.aug.crop_size), axis=0,
+                                    axis_name="F"), d, "scan")
+            outputs[0] = fn.cat(outputs[0], scan, axis_name="F")
         n = len(source.patch_crops)
         if n:
             from_x = n - 1 if source.builder.uses_neighbor else n
@@ -263,7 +289,7 @@ def build_pipeline(source: ORLSource, batch_size: int, device_id: int | None, nu
                 patches.append(resize(neighbor, d["patch_roi"][n - 1], cfg.orl.patch_size,
                                       relative=source.roi_decode))
             outputs.append(augment(fn.stack(*patches, axis=0, axis_name="F"), d, "patch"))
-        return tuple(outputs)
+        return (*outputs, *(d[n] for n in source.target_names))
 
     return pipeline()
 
@@ -290,12 +316,14 @@ class DALIBatches:
 
         pipe = build_pipeline(self.source, *self.pipeline_args)
         names = ["views", "patches"][:1 + bool(self.source.patch_crops)]
+        targets = self.source.target_names
         with warnings.catch_warnings():  # "set reader_name": an external source has no reader
             warnings.simplefilter("ignore")
-            it = DALIGenericIterator([pipe], names, size=self.steps * self.batch_size,
+            it = DALIGenericIterator([pipe], names + targets, size=self.steps * self.batch_size,
                                      auto_reset=False)
         try:
             for out in it:
-                yield tuple(out[0][n].permute(0, 1, 4, 2, 3) for n in names)
+                frames = tuple(out[0][n].permute(0, 1, 4, 2, 3) for n in names)
+                yield (*frames, {n: out[0][n] for n in targets}) if targets else frames
         finally:
             del it, pipe

@@ -21,6 +21,12 @@ uses the whole-image box; without a mined pair, p1 and p2 are both the whole ima
 ablation (``orl.patches=random``) crops 2-5 are random resized crops of x. As the official code,
 p is the kept box itself and p' a jitter of it that stays inside the image (``orl.jitter_both``
 and ``orl.jitter_outside=clip`` are the variants: both jittered, candidates clipped).
+
+Label-aware modes (``label.mode``, labels from :mod:`loaders.labels`): a plan also carries the
+box label of each crop (OPERA's RoI extension) and, for SCAN, one more global view: a random
+resized crop of a label neighbour drawn with probability softmax(cos / tau_w), with view 2's
+augmentation probabilities (cut from x itself, and marked invalid, when x has no label
+neighbour). Their draws come after every other draw, so the six crops are those of mode none.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from loaders.labels import neighbor_weights, open_store
 from loaders.pairs import PairRecord, check_mined_from, mined_with, open_pairs, read_record
 from loaders.sampling import sample_seed
 from loaders.shards import ShardIndex
@@ -105,6 +112,13 @@ class SamplePlan:
     photo: Photometric    # over the 6 crops
     has_pair: bool
     has_box: bool
+    # Label-aware modes: the box label of each crop (-1: none; OPERA's RoI extension); SCAN's
+    # view: its label neighbour (-1: none, the view is cut from x), box (xywh in that image)
+    # and augmentation (one crop, view 2's probabilities).
+    roi_labels: np.ndarray | None = None
+    scan_neighbor: int = -1
+    scan_box: np.ndarray | None = None
+    scan_photo: Photometric | None = None
 
 
 class GroundTruthBoxes:
@@ -168,6 +182,24 @@ class SampleBuilder:
                                       else (0, 0.0))
         self.gt = (GroundTruthBoxes(o.gt_instances, cfg.mine.min_box_size)
                    if self.mined and o.boxes == "gt" and 2 in self.crops else None)
+        self._init_labels(cfg)
+
+    def _init_labels(self, cfg: Config) -> None:
+        """The label store of a label-aware mode (checked: ConfigError naming label.source) and,
+        for SCAN, the mined neighbours its view is drawn from."""
+        lab = cfg.label
+        self.labels = open_store(cfg.data, lab.source) if lab.mode != "none" else None
+        self.roi_labels = lab.mode == "opera" and lab.roi_head and len(self.crops) > 2
+        self.scan = lab.mode == "scan"
+        self.scan_k = 0
+        if self.scan:
+            cfg.require("pairs")
+            self.pairs = self.pairs if self.pairs is not None else open_pairs(cfg.pairs)
+            self.scan_k = _as_mined(cfg, mined_with(cfg.pairs))[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.num_classes if self.labels is not None else 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -215,7 +247,52 @@ class SampleBuilder:
                       for _ in range(2)]  # both drawn in every mode: the same draws follow
             boxes[2] = jitter[0] if o.jitter_both else box
             boxes[3] = jitter[1]
-        return SamplePlan(key, neighbor, width, height, boxes, photo, has_pair, has_box)
+        plan = SamplePlan(key, neighbor, width, height, boxes, photo, has_pair, has_box)
+        if self.labels is not None:
+            self._label_plan(plan, rng)  # draws last: the six crops are those of mode none
+        return plan
+
+    def _label_plan(self, plan: SamplePlan, rng: np.random.Generator) -> None:
+        cfg = self.cfg
+        if self.roi_labels:
+            plan.roi_labels = np.full(6, -1, np.int64)
+            for c in self.crops[2:]:
+                src = plan.neighbor if c == 5 else plan.key
+                plan.roi_labels[c] = self.labels.box_labels(src, plan.boxes[c:c + 1],
+                                                            cfg.label.box_iou)[0]
+        if self.scan:
+            plan.scan_neighbor = self._scan_neighbor(plan.key, rng.random())
+            src = plan.scan_neighbor if plan.scan_neighbor >= 0 else plan.key
+            plan.scan_box = random_resized_crop(rng, *self.size_of(src), cfg.aug.crop_scale,
+                                                cfg.aug.crop_ratio)
+            plan.scan_photo = draw_photometric(rng, cfg.aug, np.array([1]))
+
+    def _scan_neighbor(self, key: int, u: float) -> int:
+        """SCAN's label neighbour of ``key`` [reconstructed]: among its first K mined neighbours
+        (in the data set), those that are label neighbours (label.jaccard), one drawn with
+        probability softmax(cos / label.tau_w); -1 when there is none."""
+        record = read_record(self.pairs, key)
+        if record is None or not len(record.neighbors):
+            return -1
+        nbrs, sims = record.neighbors[:self.scan_k], record.neighbor_sims[:self.scan_k]
+        ok = self.labels.same_label(np.array([key]), nbrs[None], self.cfg.label.jaccard)[0]
+        ok &= np.array([self._has_image(int(n)) for n in nbrs], bool)
+        if not ok.any():
+            return -1
+        w = neighbor_weights(sims[ok], self.cfg.label.tau_w)
+        return int(nbrs[ok][_pick_weighted(u, w)])
+
+    def targets(self, plan: SamplePlan) -> dict[str, np.ndarray]:
+        """What a label-aware mode feeds the model besides pixels: ``tags`` and ``known``
+        (float32 [C]), ``roi`` (int64 [6], the crops' box labels) and ``scan_valid`` (bool [1])
+        where the mode has them."""
+        tags, known = self.labels.targets(plan.key)
+        out = {"tags": tags, "known": known}
+        if plan.roi_labels is not None:
+            out["roi"] = plan.roi_labels
+        if self.scan:
+            out["scan_valid"] = np.array([plan.scan_neighbor >= 0])
+        return out
 
     def sample(self, epoch: int, position: int,
                load: Callable[[SamplePlan], T]) -> tuple[SamplePlan, T]:
@@ -281,6 +358,11 @@ def _as_mined(cfg: Config, mined: dict) -> tuple[int, float]:
                               f"or set orl.{name} <= {have} (0: as mined)")
         out.append(asked or have)
     return int(out[0]), float(out[1])
+
+
+def _pick_weighted(u: float, weights: np.ndarray) -> int:
+    """An index drawn with probabilities ``weights`` (summing to 1) from a uniform draw u."""
+    return min(int(np.searchsorted(np.cumsum(weights), u, side="right")), len(weights) - 1)
 
 
 def _pick(u: float, n: int) -> int:

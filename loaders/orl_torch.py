@@ -6,7 +6,9 @@ with torchvision's functional ops, in ColorJitter's drawn order, exactly as torc
 transforms would with the same draws. Items are (epoch, position) from ``StepBatchSampler``; a
 batch is ``(views, patches)``: uint8 ``[B, 2, 3, S, S]`` and ``[B, n, 3, P, P]``, n the number of
 patches the run trains on (:func:`loaders.orl_samples.local_crops`; none in Stage 1). An image that
-does not decode is handled by :meth:`loaders.orl_samples.SampleBuilder.sample`.
+does not decode is handled by :meth:`loaders.orl_samples.SampleBuilder.sample`. A label-aware
+mode adds a third item, the sample's :meth:`~loaders.orl_samples.SampleBuilder.targets` (tensors),
+and SCAN a third view (its label neighbour's).
 """
 
 from __future__ import annotations
@@ -75,15 +77,29 @@ class ORLDataset(Dataset):
     def __len__(self) -> int:
         return len(self.builder)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        plan, (image, neighbor) = self.builder.sample(*item, self.decode)
-        return render(plan, image, neighbor, *self.args)
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        plan, (image, neighbor, scan) = self.builder.sample(*item, self.decode)
+        views, patches = render(plan, image, neighbor, *self.args)
+        if self.builder.labels is None:
+            return views, patches
+        if self.builder.scan:
+            aug = self.builder.cfg.aug
+            view = augment(cut(scan, plan.scan_box, aug.crop_size, aug.interpolation),
+                           plan.scan_photo, 0, aug)
+            views = torch.cat([views, view[None]])
+        targets = {k: torch.from_numpy(v) for k, v in self.builder.targets(plan).items()}
+        return views, patches, targets
 
-    def decode(self, plan: SamplePlan) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image x and the neighbour its crop 5 is cut from (x itself when there is none)."""
+    def decode(self, plan: SamplePlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image x, the neighbour its crop 5 is cut from (x itself when there is none) and the
+        image of SCAN's view (x itself in other modes)."""
         images = self.builder.images
         image = decode_rgb(images.data(plan.key))
         neighbor = image
         if self.builder.uses_neighbor and plan.neighbor != plan.key:
             neighbor = decode_rgb(images.data(plan.neighbor))
-        return image, neighbor
+        scan = image
+        if plan.scan_neighbor >= 0:
+            scan = (neighbor if plan.scan_neighbor == plan.neighbor
+                    else decode_rgb(images.data(plan.scan_neighbor)))
+        return image, neighbor, scan

@@ -11,6 +11,11 @@ Two backends over the same L2-normalised float32 bank:
 
 With fewer than K + 1 images every image gets the N - 1 others. The bank is all image
 embeddings (N x D float32: 0.1 GB at COCO scale), the only stage that holds a whole-dataset array.
+
+SCAN's label gate (``label.mode=scan`` [reconstructed]): the search asks for candidates x K
+neighbours and an image with tags keeps the first K that are its label neighbours
+(:func:`loaders.labels.gate_neighbors`; fewer when fewer pass, the rest key -1), an image
+without tags its first K.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from loaders.labels import cached_store, gate_neighbors
 from mining.arrays import load_arrays, save_arrays
 from mining.manifest import Plan
 from mining.summary import sim_hist
@@ -146,12 +152,17 @@ def knn_unit(plan: Plan, sids: list[int], device: str, threads: int = 1) -> dict
     m = plan.mine
     index = KnnIndex(bank, m.knn_backend, device, m.knn_block, m.faiss_index, m.faiss_nprobe,
                      threads)
+    gate = plan.label_gate
+    store = cached_store(gate["store"], gate["store_sha256"]) if gate else None
     out = {}
     for sid in sids:
         start, stop = ranges[sid]
-        idx, sims = index.search(start, stop, m.knn_k)
+        idx, sims = index.search(start, stop, m.knn_k * (gate["candidates"] if gate else 1))
         # -1: an approximate faiss index found fewer than k (never with "Flat" or torch).
         neighbors = np.where(idx >= 0, keys[np.maximum(idx, 0)], -1)
+        if store is not None:
+            neighbors, sims = gate_neighbors(store, keys[start:stop], neighbors, sims, m.knn_k,
+                                             gate["jaccard"])
         size = save_arrays(plan.path("knn", sid), keys=keys[start:stop], neighbors=neighbors,
                            sims=sims)
         stats = {"queries": stop - start, "k": int(idx.shape[1]),

@@ -33,7 +33,7 @@ import re
 import socket
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -91,7 +91,10 @@ class Plan:
     first_keys: list[int]
     hashes: dict[str, str]
     inputs: dict[str, str]
-    counts: list[int] = dataclasses.field(default_factory=list)  # images per shard (index.json)
+    counts: list[int] = field(default_factory=list)  # images per shard (index.json)
+    # SCAN's label gate (label.mode=scan; empty: none): the label store and its sha256, the
+    # Jaccard threshold, the candidates factor, the pair gate and its IoU.
+    label_gate: dict = field(default_factory=dict)
 
     # --- paths
     def dir(self, stage: str) -> str:
@@ -173,8 +176,10 @@ def shard_id(name: str) -> int:
     return int(m.group(1))
 
 
-def make_plan(out: str, data: str, ckpt: str, mine: MineConfig, device: str) -> Plan:
-    """Resolve the inputs and compute the stage hashes (reads index.json and the checkpoint)."""
+def make_plan(out: str, data: str, ckpt: str, mine: MineConfig, device: str,
+              label_gate: dict | None = None) -> Plan:
+    """Resolve the inputs and compute the stage hashes (reads index.json and the checkpoint).
+    ``label_gate`` (SCAN) enters the hashes of the kNN and pairs stages, and only then."""
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device must be cuda or cpu, got {device!r}")
     index, index_bytes = read_index(data)
@@ -197,11 +202,13 @@ def make_plan(out: str, data: str, ckpt: str, mine: MineConfig, device: str) -> 
 
     hashes = {"embed": stage_hash("embed", inputs["data_index_sha256"], model=True),
               "proposals": stage_hash("proposals", inputs["data_index_sha256"])}
-    hashes["knn"] = stage_hash("knn", hashes["embed"])
+    gate = label_gate or {}
+    hashes["knn"] = stage_hash("knn", hashes["embed"], *([gate] if gate else []))
     hashes["roi"] = stage_hash("roi", hashes["proposals"], model=True)
-    hashes["pairs"] = stage_hash("pairs", hashes["knn"], hashes["roi"])
+    hashes["pairs"] = stage_hash("pairs", hashes["knn"], hashes["roi"],
+                                 *([gate] if gate.get("pairs") else []))
     return Plan(out=out, data=data, ckpt=ckpt_file, mine=mine, device=device,
                 shard_ids=[shard_id(s["name"]) for s in shards],
                 shard_names=[s["name"] for s in shards],
                 first_keys=[s["first_key"] for s in shards], hashes=hashes, inputs=inputs,
-                counts=[s["count"] for s in shards])
+                counts=[s["count"] for s in shards], label_gate=gate)

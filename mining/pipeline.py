@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from loaders.labels import open_store, store_path
 from loaders.pairs import write_pairs_index
 from loaders.shards import read_index
 from mining import embed, knn, proposals, roi_embed, roi_pairs
-from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, make_plan
+from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, file_sha256, make_plan
 from mining.summary import build_summary
 from orl_fast.core import storage
 from orl_fast.core.config import ConfigError
@@ -408,11 +409,25 @@ def finalize(plan: Plan) -> dict:
 
 def check_inputs(cfg: Config) -> None:
     """The start-up checks of ``orl-fast mine``, before Ray starts or OUT is touched: the shards'
-    index is readable and complete, the checkpoint holds the Stage 1 encoder it describes."""
+    index is readable and complete, the checkpoint holds the Stage 1 encoder it describes, the
+    label store of ``label.mode=scan`` opens."""
     cfg.require("data", "ckpt", "out")
     read_index(cfg.data)
     embed.load_encoder(cfg.ckpt)
+    label_gate(cfg)
     storage.check_output_dir(cfg.out)
+
+
+def label_gate(cfg: Config) -> dict:
+    """SCAN's Stage 2 gate of ``label.mode=scan`` (else none), with the label store checked."""
+    lab = cfg.label
+    if lab.mode != "scan":
+        return {}
+    data = _absolute(cfg.data)
+    open_store(data, lab.source)
+    path = store_path(data, lab.source)
+    return {"store": path, "store_sha256": file_sha256(path), "jaccard": lab.jaccard,
+            "candidates": lab.candidates, "pairs": lab.pair_gate, "box_iou": lab.box_iou}
 
 
 def run(cfg: Config, progress: bool = True) -> dict:
@@ -430,7 +445,7 @@ def _run(cfg: Config, progress: bool) -> dict:
                if mine.executor == "ray" else contextlib.nullcontext())
     with session:
         plan = make_plan(_absolute(cfg.out), _absolute(cfg.data), _absolute(cfg.ckpt), mine,
-                         _device(mine))
+                         _device(mine), label_gate(cfg))
         for stage in STAGES:
             storage.makedirs(plan.dir(stage))
             storage.remove_stale_temporaries(plan.dir(stage))

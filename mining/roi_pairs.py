@@ -7,6 +7,10 @@ neighbour boxes). Ties keep the lower (query, neighbour) index first.
 
 A pair unit writes ``pairs/pairs-{shard}.tar``: one :class:`loaders.pairs.PairRecord` per
 query image of the input shard, read by Stage 3 through ``loaders.pairs.open_pairs``.
+
+SCAN's pair gate (``label.mode=scan`` with ``label.pair_gate`` [reconstructed]): a kept pair
+whose two boxes both carry a box label (the class of the labelled box each overlaps most with
+IoU >= ``label.box_iou``) and whose labels differ is dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 
 import numpy as np
 
+from loaders.labels import cached_store
 from loaders.pairs import PairRecord, pair_shard_name, write_pair_shards
 from loaders.shards import idx_name
 from mining.arrays import file_size, load_arrays
@@ -50,8 +55,10 @@ def pairs_unit(plan: Plan, sid: int) -> dict:
     knn = load_arrays(plan.path("knn", sid))
     props, rois = ProposalStore(plan), RoiStore(plan)
     frac = plan.mine.topn_frac
+    gate = plan.label_gate if plan.label_gate.get("pairs") else {}
+    store = cached_store(gate["store"], gate["store_sha256"]) if gate else None
     stats = {"records": 0, "pairs": 0, "neighbors_without_pairs": 0,
-             "queries_without_proposals": 0}
+             "queries_without_proposals": 0, **({"pairs_dropped_by_labels": 0} if gate else {})}
     per_record: list[int] = []
     scores: list[np.ndarray] = []
 
@@ -74,6 +81,13 @@ def pairs_unit(plan: Plan, sid: int) -> dict:
                     continue
                 nsid, nstart, ncount, _, _ = n
                 qi, ki, sc = top_pairs(qemb @ rois.rows(nsid, nstart, ncount).T, frac)
+                if store is not None:
+                    a = store.box_labels(int(key), qboxes[qi], gate["box_iou"])
+                    b = store.box_labels(int(nkey), props.boxes(nsid, nstart, ncount)[ki],
+                                         gate["box_iou"])
+                    agree = (a < 0) | (b < 0) | (a == b)
+                    stats["pairs_dropped_by_labels"] += int((~agree).sum())
+                    qi, ki, sc = qi[agree], ki[agree], sc[agree]
                 slot.append(np.full(len(qi), k))
                 qbox.append(qboxes[qi])
                 nbox.append(props.boxes(nsid, nstart, ncount)[ki])

@@ -7,6 +7,7 @@ field), validated at start-up::
 
     orl-fast scenes runs/world --images 256                     # generated scenes + instances.json
     orl-fast ingest runs/world/images runs/world/shards         # images -> shards
+    orl-fast labels runs/world/shards --from runs/world/instances.json   # optional: OPERA / SCAN
     orl-fast pretrain --config small --data shards/ --out runs/stage1 train.epochs=4
     orl-fast mine --config small --data shards/ --ckpt runs/stage1 --out mined/
     orl-fast viz pairs --pairs mined/ --out viz/
@@ -140,6 +141,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         for kind, entry in sorted(report[section].items()):
             print(f"  {section} {kind}: {entry['count']}")
     print(f"shards, index.json and report.json in {out}")
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from loaders.labels import attach, describe
+
+    classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+    header = attach(args.shards, args.source, args.format, args.out, classes)
+    print(describe(header))
+    print(f"label store: {args.out or args.shards.rstrip('/') + '/labels.npz'}")
     return 0
 
 
@@ -346,6 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p, paths=("out",), path_help={"out": "the same as OUT"}, settings=False)
     p.set_defaults(func=cmd_ingest, field_positionals=("src", "out_dir"))
+
+    p = sub.add_parser("labels", help="attach labels to shards (for label.mode=opera|scan)")
+    p.add_argument("shards", help="the image shards of orl-fast ingest")
+    p.add_argument("--from", dest="source", required=True,
+                   help="ImageFolder directory, COCO instances .json, VOC labels.csv or a CSV of "
+                        "path,label[,label...]")
+    p.add_argument("--format", default="auto", choices=["auto", "imagefolder", "coco", "voc",
+                                                        "csv"],
+                   help="label file format (default: %(default)s, from the path and header)")
+    p.add_argument("--classes", default="",
+                   help="imagefolder / csv: the vocabulary, comma-separated (default: the "
+                        "sorted class names found)")
+    p.add_argument("--out", default="",
+                   help="label store to write (default: SHARDS/labels.npz; then label.source "
+                        "may stay empty)")
+    p.set_defaults(func=cmd_labels)
 
     text = "Stage 1: image-level BYOL on the shards; checkpoints, config.yaml, metrics and tb/ in OUT."
     p = sub.add_parser("pretrain", help="Stage 1: image-level BYOL (--data SHARDS --out DIR)",

@@ -133,3 +133,16 @@ def filter_boxes(boxes: np.ndarray, min_size: int, aspect_range: tuple[float, fl
         if n == max_boxes:
             break
     return kept[:n]
+
+
+def label_boxes(boxes: np.ndarray, gt_boxes: np.ndarray, gt_classes: np.ndarray,
+                min_iou: float = 0.5) -> np.ndarray:
+    """int64 [len(boxes)]: the class of the ground-truth box each box overlaps most, when that
+    IoU is >= ``min_iou``; -1 (no label) otherwise (box labels of RoIs and proposals)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(boxes) == 0 or len(gt_boxes) == 0:
+        return np.full(len(boxes), -1, np.int64)
+    iou = box_iou(boxes, gt_boxes)
+    best = iou.argmax(1)
+    return np.where(iou[np.arange(len(boxes)), best] >= min_iou,
+                    np.asarray(gt_classes, np.int64)[best], -1)

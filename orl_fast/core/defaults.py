@@ -49,9 +49,17 @@ class ModelConfig:
     # torchvision / timm ResNet weights file of this backbone (.pth, .pt, .safetensors; a path or
     # URL, never a download), or an orl-fast checkpoint. Shapes are checked at start-up.
     init_weights: str = ""
+    # The self-supervised objective of every term: "byol" (2 - 2 cos of the prediction and the
+    # EMA target, the paper's) or "mocov3" (MoCo-v3 as released: InfoNCE of the prediction over
+    # the momentum encoder's keys of the other view, gathered over the ranks, positives on the
+    # diagonal, temperature `temperature`, scaled by 2 x temperature; the projector ends in a
+    # BatchNorm without affine parameters, the predictor does not). Both keep the momentum
+    # encoder = backbone + projector. MoCo-v3's released ResNet-50 recipe: configs/mocov3.yaml.
+    method: Literal["byol", "mocov3"] = "byol"
+    temperature: float = 1.0
 
     def validate(self, p: str) -> None:
-        _positive(p, self, "proj_hidden_dim", "proj_dim", "pred_hidden_dim")
+        _positive(p, self, "proj_hidden_dim", "proj_dim", "pred_hidden_dim", "temperature")
 
 
 @dataclass
@@ -108,7 +116,8 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD, lr = base_lr x global_batch / lr_base_batch, linear warm-up then cosine decay."""
+    """SGD (or LARS), lr = base_lr x global_batch / lr_base_batch, linear warm-up then cosine
+    decay."""
 
     base_lr: float = 0.2
     lr_base_batch: int = 256
@@ -121,9 +130,14 @@ class OptimConfig:
     warmup_start_factor: float = 1e-4
     min_lr: float = 0.0
     schedule: Literal["cosine"] = "cosine"
+    # "sgd" (the paper's) or "lars" (MoCo-v3's, as OPERA trains: parameters of more than one
+    # dimension get weight decay and the trust ratio lars_trust x ||p|| / ||g + wd p|| (1 when a
+    # norm is 0), the others (BatchNorm, biases) neither; then momentum; no other exclusion).
+    optimizer: Literal["sgd", "lars"] = "sgd"
+    lars_trust: float = 0.001
 
     def validate(self, p: str) -> None:
-        _positive(p, self, "base_lr", "lr_base_batch")
+        _positive(p, self, "base_lr", "lr_base_batch", "lars_trust")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"{p}momentum: must be in [0, 1), got {self.momentum}")
         _non_negative(p, self, "weight_decay", "warmup_epochs", "min_lr")
@@ -346,6 +360,69 @@ class ORLConfig:
             raise ConfigError(f"{p}jitter_min_iou: must be in [0, 1), got {self.jitter_min_iou}")
         if self.boxes == "gt" and not self.gt_instances:
             raise ConfigError(f"{p}gt_instances: required with {p}boxes=gt (a COCO instances json)")
+
+
+@dataclass
+class LabelConfig:
+    """Label-aware modes (docs/LABELS.md): ``opera`` (Wang et al., ICCV 2023, as its released
+    code does) and ``scan`` (Wei et al., AAAI 2022). SCAN's method text could not be read: every
+    SCAN choice below is a reconstruction and is marked [reconstructed].
+
+    Labels are data: ``orl-fast labels SHARDS --from FILE`` writes the label store beside the
+    shards (class vocabulary, image tags, box labels); unlabelled images stay in the set.
+    """
+
+    mode: Literal["none", "opera", "scan"] = "none"
+    # The label store: "" = labels.npz in `data`; else a store file or the directory holding it.
+    source: str = ""
+    # OPERA: a class head on the online predictor output of both global views (before its
+    # normalisation, no stop-gradient); L = self_weight x self-supervised loss + class_weight x
+    # (class loss(view 1) + class loss(view 2)). 0.5 / 0.5 as released on MoCo-v3; on BYOL the
+    # same weights, transplanted (2 - 2 cos has another scale than 2T InfoNCE). self_weight 0:
+    # the class loss alone (a supervised baseline).
+    self_weight: float = 0.5
+    class_weight: float = 0.5
+    # Linear(proj_dim, head_hidden_dim) -> BN -> ReLU -> Linear(head_hidden_dim, classes), no
+    # biases (released: 256); the number of classes is the store's vocabulary.
+    head_hidden_dim: int = 256
+    # Tags (several classes per image): "softmax", CE against the tag vector normalised to sum
+    # 1 (OPERA's CE for a single tag); "bce", binary CE averaged over the classes whose presence
+    # is known (VOC's difficult-only classes are not).
+    class_loss: Literal["softmax", "bce"] = "softmax"
+    # Unlabelled samples are masked out of the class loss, which is averaged over the labelled
+    # samples of the batch ("labelled"; a batch without any gives 0) or over the whole batch
+    # ("batch"). [reconstructed: the released code labels every image]
+    normalize: Literal["labelled", "batch"] = "labelled"
+    # Extension, not OPERA's: a second class head, shared by the intra- and inter-RoI predictor
+    # outputs, on box labels (a RoI takes the class of the ground-truth box it overlaps most with
+    # IoU >= box_iou, else it is ignored), weighted class_weight per patch.
+    roi_head: bool = False
+    box_iou: float = 0.5
+    # SCAN [reconstructed, every field below]. Label neighbours of a labelled image: labelled
+    # images whose tags overlap with Jaccard >= jaccard (single-label data: the same class).
+    # Stage 2 (orl-fast mine with label.mode=scan) searches candidates x K cosine neighbours and
+    # keeps the first K label neighbours (an unlabelled image keeps its K plain neighbours), and
+    # with pair_gate drops inter-RoI pairs whose two boxes carry different box labels (box_iou).
+    jaccard: float = 0.5
+    candidates: int = 4
+    pair_gate: bool = True
+    # Stages 1 and 3 (pairs=MINED): image term = (1 - beta) x instance term + beta x neighbour
+    # term, the neighbour term regressing the image's predictions onto the target projection of
+    # one global view of a label neighbour j drawn with probability softmax(cos / tau_w) over
+    # its label neighbours (cos: Stage 2's kNN similarity); a one-sample estimate of the
+    # weighted sum. An image without label neighbours keeps the instance term alone.
+    tau_w: float = 0.1
+    beta: float = 0.5
+
+    def validate(self, p: str) -> None:
+        _positive(p, self, "head_hidden_dim", "candidates", "tau_w")
+        _non_negative(p, self, "self_weight", "class_weight")
+        if self.mode == "opera" and self.self_weight + self.class_weight == 0:
+            raise ConfigError(f"{p}class_weight: self_weight and class_weight are both 0")
+        for name in ("jaccard", "box_iou"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{p}{name}: must be in (0, 1], got {getattr(self, name)}")
+        _probability(p, "beta", self.beta)
 
 
 # The VOC07 SVM cost grid of the released ORL / OpenSelfSup scripts
@@ -633,3 +710,14 @@ class Config(ConfigRoot):
     mine: MineConfig = field(default_factory=MineConfig)
     orl: ORLConfig = field(default_factory=ORLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+
+    def validate(self) -> Config:
+        super().validate()
+        if self.label.mode == "scan" and self.model.method != "byol":
+            raise ConfigError("label.mode: scan regresses predictions onto targets and needs "
+                              f"model.method=byol (got {self.model.method})")
+        if self.label.mode != "none" and self.orl.loss_weights[0] == 0:
+            raise ConfigError(f"label.mode: {self.label.mode} works on the image term; "
+                              f"orl.loss_weights[0] is 0")
+        return self

@@ -85,6 +85,17 @@ def mean_across_ranks(values: dict[str, float], rt: Runtime) -> dict[str, float]
     return dict(zip(values, (t / rt.world_size).tolist()))
 
 
+@torch.no_grad()
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(the rows of every rank concatenated in rank order, this rank), without gradient; one
+    process (no process group): (x, 0). Every rank passes the same shape."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x, 0
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts), dist.get_rank()
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks; the gradient of a sum is the sum of the gradients."""
 

@@ -2,7 +2,9 @@
 
 State-dict layout (every checkpoint of every stage uses it):
 ``online.backbone.*``, ``online.projector.*``, ``predictor.*``, ``target.backbone.*``,
-``target.projector.*``; Stage 3 adds ``intra_predictor.*`` and ``inter_predictor.*``.
+``target.projector.*``; Stage 3 adds ``intra_predictor.*`` and ``inter_predictor.*``; OPERA
+(``label.mode=opera``) adds ``class_head.*`` (and ``roi_class_head.*``), which exports leave out
+with everything but the backbone.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from torch import nn
 
 from orl_fast.core import checkpoint, storage
 from orl_fast.core.config import ConfigError
-from orl_fast.core.defaults import ModelConfig
+from orl_fast.core.defaults import LabelConfig, ModelConfig
 from orl_fast.core.errors import InputError
 from orl_fast.core.extras import require
-from orl_fast.core.losses import regression_loss
+from orl_fast.core.losses import class_loss, infonce_loss, regression_loss, regression_losses
 
 # ORL's loss weights that leave the image term alone: BYOL, Stage 1.
 IMAGE_ONLY = (1.0, 0.0, 0.0)
@@ -148,13 +150,23 @@ class MLP(nn.Sequential):
             raise ValueError(f"unknown init {init!r} (official or torchvision)")
 
 
+class MoCoProjector(MLP):
+    """MoCo-v3's ResNet projector as released: the MLP above, then BatchNorm without affine
+    parameters (its predictor is the plain MLP)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, init: str = "official"):
+        super().__init__(in_dim, hidden_dim, out_dim, init)
+        self.append(nn.BatchNorm1d(out_dim, affine=False))
+
+
 class Encoder(nn.Module):
     """Backbone + projector (shared by the global and the local branches in ORL)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.backbone, self.feat_dim = build_backbone(cfg.backbone, cfg.stem, cfg.init)
-        self.projector = MLP(self.feat_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.init)
+        projector = MoCoProjector if cfg.method == "mocov3" else MLP
+        self.projector = projector(self.feat_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))
@@ -207,10 +219,12 @@ class BYOL(nn.Module):
         self.predictor = MLP(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim, cfg.init)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
+        self.method, self.temperature = cfg.method, cfg.temperature
 
-    def pair_loss(self, predictor: nn.Module, v1: torch.Tensor, v2: torch.Tensor,
-                  diagnostics: dict | None = None) -> torch.Tensor:
-        """Symmetric BYOL loss of two views through ``predictor``: L(q(v1), z'(v2)) + L(q(v2), z'(v1)).
+    def pair_outputs(self, predictor: nn.Module, v1: torch.Tensor, v2: torch.Tensor,
+                     diagnostics: dict | None = None) -> tuple[torch.Tensor, ...]:
+        """(q(v1), q(v2), z'(v1), z'(v2)): the predictions of two views through ``predictor``
+        and their target projections (no gradient).
 
         With a ``diagnostics`` dict, also adds the collapse monitors of the first view's batch
         (:func:`monitors`)."""
@@ -222,7 +236,19 @@ class BYOL(nn.Module):
             t2 = self.target(v2)
         if diagnostics is not None:
             diagnostics.update(monitors(f1, z1))
-        return regression_loss(p1, t2) + regression_loss(p2, t1)
+        return p1, p2, t1, t2
+
+    def objective(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One direction of the base objective: 2 - 2 cos (byol) or InfoNCE (mocov3)."""
+        if self.method == "mocov3":
+            return infonce_loss(prediction, target, self.temperature)
+        return regression_loss(prediction, target)
+
+    def pair_loss(self, predictor: nn.Module, v1: torch.Tensor, v2: torch.Tensor,
+                  diagnostics: dict | None = None) -> torch.Tensor:
+        """Symmetric loss of two views through ``predictor``: L(q(v1), z'(v2)) + L(q(v2), z'(v1))."""
+        p1, p2, t1, t2 = self.pair_outputs(predictor, v1, v2, diagnostics)
+        return self.objective(p1, t2) + self.objective(p2, t1)
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor,
                 diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
@@ -245,11 +271,19 @@ class ORL(BYOL):
     ``forward(v1, v2, intra=(p, p'), inter=(p1, p2))``: the two global views of x; the intra-RoI
     pair (a kept box of x and its jitter); the inter-RoI pair (a mined box of x and its match in
     the neighbour). ``intra`` / ``inter`` are given exactly when their weight is > 0.
+
+    Label-aware modes (``label``, a :class:`LabelConfig`, with ``num_classes``): ``opera`` adds
+    a class head on the image predictor's outputs of both views and takes ``labels`` (``tags``
+    and ``known`` [B, C]; with ``roi_head``, ``roi_intra`` / ``roi_inter`` [B, 2] class indices,
+    -1 ignored); ``scan`` takes ``neighbor`` = (one global view of a label neighbour [B, ...],
+    valid [B] bool) and mixes the neighbour term into the image term. ``none`` is the model
+    above, unchanged.
     """
 
     TERMS = (("image", "predictor"), ("intra", "intra_predictor"), ("inter", "inter_predictor"))
 
-    def __init__(self, cfg: ModelConfig, loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+    def __init__(self, cfg: ModelConfig, loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 label: LabelConfig | None = None, num_classes: int = 0):
         super().__init__(cfg)  # online, target and the image predictor
         self.loss_weights = tuple(float(w) for w in loss_weights)
         w_image, w_intra, w_inter = self.loss_weights
@@ -259,19 +293,28 @@ class ORL(BYOL):
                                 if w_inter > 0 else None)
         if w_image == 0:
             self.predictor = None
+        self.label = label if label is not None and label.mode != "none" else None
+        self.class_head = self.roi_class_head = None
+        if self.label is not None and self.label.mode == "opera":
+            if num_classes < 1:
+                raise ValueError("label.mode=opera needs num_classes >= 1 (the vocabulary)")
+            self.class_head = MLP(cfg.proj_dim, self.label.head_hidden_dim, num_classes, cfg.init)
+            if self.label.roi_head and (w_intra > 0 or w_inter > 0):
+                self.roi_class_head = MLP(cfg.proj_dim, self.label.head_hidden_dim, num_classes, cfg.init)
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor,
                 intra: tuple[torch.Tensor, torch.Tensor] | None = None,
                 inter: tuple[torch.Tensor, torch.Tensor] | None = None,
+                labels: dict[str, torch.Tensor] | None = None,
+                neighbor: tuple[torch.Tensor, torch.Tensor] | None = None,
                 diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
+        if self.label is not None:
+            return self.labelled_forward(v1, v2, intra, inter, labels, neighbor, diagnostics)
         pairs = {"image": (v1, v2), "intra": intra, "inter": inter}
         loss, metrics = 0.0, {}
         extra: dict | None = {} if diagnostics else None
         for (name, attr), weight in zip(self.TERMS, self.loss_weights):
-            pair = pairs[name]
-            if name != "image" and (pair is None) != (weight == 0):
-                raise ValueError(f"{name}: {'missing' if pair is None else 'given'} with loss "
-                                 f"weight {weight} (loss weights {self.loss_weights})")
+            pair = self._pair(pairs, name, weight)
             if weight == 0:
                 continue
             term = self.pair_loss(getattr(self, attr), *pair,
@@ -279,3 +322,92 @@ class ORL(BYOL):
             loss = loss + weight * term
             metrics[f"loss_{name}"] = term.detach()
         return loss, {**metrics, **(extra or {})}
+
+    def _pair(self, pairs: dict, name: str, weight: float):
+        pair = pairs[name]
+        if name != "image" and (pair is None) != (weight == 0):
+            raise ValueError(f"{name}: {'missing' if pair is None else 'given'} with loss "
+                             f"weight {weight} (loss weights {self.loss_weights})")
+        return pair
+
+    def losses(self, v1: torch.Tensor, v2: torch.Tensor,
+               intra: tuple[torch.Tensor, torch.Tensor] | None = None,
+               inter: tuple[torch.Tensor, torch.Tensor] | None = None,
+               labels: dict[str, torch.Tensor] | None = None,
+               neighbor: tuple[torch.Tensor, torch.Tensor] | None = None,
+               diagnostics: dict | None = None) -> dict[str, torch.Tensor]:
+        """The terms of a label-aware mode, with their graphs: ``self`` (the weighted
+        self-supervised loss, SCAN's neighbour term mixed into its image term), ``image``,
+        ``intra``, ``inter`` (the unweighted terms trained), and for OPERA ``class`` (the class
+        loss of both views) and ``roi_class`` (the extension's, 0 without it)."""
+        lab = self.label
+        pairs = {"image": (v1, v2), "intra": intra, "inter": inter}
+        out: dict[str, torch.Tensor] = {}
+        total = 0.0
+        predictions = {}
+        for (name, attr), weight in zip(self.TERMS, self.loss_weights):
+            pair = self._pair(pairs, name, weight)
+            if weight == 0:
+                continue
+            p1, p2, t1, t2 = self.pair_outputs(getattr(self, attr), *pair,
+                                               diagnostics if name == "image" else None)
+            predictions[name] = (p1, p2)
+            if name == "image" and lab.mode == "scan":
+                if neighbor is None:
+                    raise ValueError("label.mode=scan: the neighbour view is missing")
+                out[name] = self.scan_term(p1, p2, t1, t2, *neighbor)
+                out["scan_neighbors"] = neighbor[1].float().mean()
+            else:
+                out[name] = self.objective(p1, t2) + self.objective(p2, t1)
+            total = total + weight * out[name]
+        out["self"] = total
+        if lab.mode == "opera":
+            if labels is None:
+                raise ValueError("label.mode=opera: labels are missing")
+            tags, known = labels["tags"], labels["known"]
+            p1, p2 = predictions["image"]
+            out["class"] = sum(class_loss(self.class_head(p), tags, known, lab.class_loss,
+                                          lab.normalize) for p in (p1, p2))
+            out["roi_class"] = sum(self.roi_class_loss(predictions[n], labels[f"roi_{n}"])
+                                   for n in ("intra", "inter")
+                                   if self.roi_class_head is not None and n in predictions)
+            out["labelled"] = (known.sum(1) > 0).float().mean()
+        return out
+
+    def labelled_forward(self, v1, v2, intra, inter, labels, neighbor,
+                         diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
+        """(loss, metrics) of a label-aware mode: OPERA's self_weight x self + class_weight x
+        (class + roi_class); SCAN's self-supervised loss with the neighbour term."""
+        extra: dict | None = {} if diagnostics else None
+        out = self.losses(v1, v2, intra, inter, labels, neighbor, extra)
+        loss = out["self"]
+        if self.label.mode == "opera":
+            loss = (self.label.self_weight * loss
+                    + self.label.class_weight * (out["class"] + out["roi_class"]))
+        metrics = {(k if k in ("labelled", "scan_neighbors") else f"loss_{k}"): torch.as_tensor(
+            v).detach() for k, v in out.items()}
+        return loss, {**metrics, **(extra or {})}
+
+    def scan_term(self, p1: torch.Tensor, p2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
+                  view: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """SCAN's image term [reconstructed]: per sample (1 - beta) x (l(p1, z'2) + l(p2, z'1))
+        + beta x (l(p1, z'_j) + l(p2, z'_j)), z'_j the target projection of the neighbour's
+        view; a sample without a label neighbour (``valid`` false) keeps the instance term."""
+        with torch.no_grad():
+            tn = self.target(view)
+        instance = regression_losses(p1, t2) + regression_losses(p2, t1)
+        neighbour = regression_losses(p1, tn) + regression_losses(p2, tn)
+        beta = valid.to(instance.dtype) * self.label.beta
+        return ((1 - beta) * instance + beta * neighbour).mean()
+
+    def roi_class_loss(self, predictions: tuple[torch.Tensor, torch.Tensor],
+                       roi_labels: torch.Tensor) -> torch.Tensor:
+        """The extension's class loss of a RoI pair: each patch's class index (-1: ignored)."""
+        total = 0.0
+        for i, p in enumerate(predictions):
+            logits = self.roi_class_head(p)
+            y = roi_labels[:, i]
+            known = (y >= 0).to(logits.dtype)[:, None].expand_as(logits)
+            tags = F.one_hot(y.clamp_min(0), logits.shape[1]).to(logits.dtype)
+            total = total + class_loss(logits, tags, known, "softmax", self.label.normalize)
+        return total

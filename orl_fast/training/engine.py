@@ -35,11 +35,18 @@ from orl_fast.core.distributed import Runtime, convert_sync_batchnorm, mean_acro
 from orl_fast.core.errors import InputError
 from orl_fast.core.models import online_target_distance
 from orl_fast.core.runlog import RunLog
+from orl_fast.training.lars import LARS
 from orl_fast.training.schedules import ema_tau, learning_rate
 
 
-def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD over trainable parameters; BN parameters and biases optionally without weight decay."""
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD over trainable parameters; BN parameters and biases optionally without weight decay.
+    ``optim.optimizer=lars``: :class:`~orl_fast.training.lars.LARS` over them (its own rule for
+    BN parameters and biases)."""
+    if cfg.optimizer == "lars":
+        return LARS([p for p in model.parameters() if p.requires_grad], lr=cfg.base_lr,
+                    weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                    trust_coefficient=cfg.lars_trust)
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):

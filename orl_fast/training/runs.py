@@ -28,10 +28,12 @@ from loaders.orl_samples import SampleBuilder
 from loaders.orl_torch import ORLDataset
 from loaders.sampling import StepBatchSampler
 from loaders.torch_loader import make_loader
-from orl_fast.core import storage
+from orl_fast.core import checkpoint, storage
+from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import Runtime
 from orl_fast.core.locks import out_lock
+from orl_fast.core.models import ORL
 from orl_fast.training.engine import RunSpec, Schedule, fit, resume_state, setup_model
 
 # Which patches of a batch feed which loss term (the crops of loaders.orl_samples).
@@ -77,6 +79,8 @@ def prepare(cfg: Config, stage: str, builder: SampleBuilder, model: nn.Module,
     if builder.pairs is not None:
         digests["pairs"] = builder.pairs.digest
     run = RunSpec.of_stage(cfg, stage, {**digests, **(inputs or {})})
+    if storage.exists(checkpoint.ckpt_dir(cfg.out)):
+        check_class_head(model, checkpoint.resolve(cfg.out) or "", "out")
     schedule = Schedule(cfg, len(builder))
     return Prepared(cfg, builder, model, schedule, run, resume_state(run, model))
 
@@ -122,7 +126,9 @@ def make_loader_fn(cfg: Config, builder: SampleBuilder, rt: Runtime, kind: str):
 def to_inputs(cfg: Config, crops: tuple[int, ...]):
     """``prepare(batch, device)`` for :func:`fit`: a batch of uint8 ``(views [B, 2, ...],
     patches [B, n, ...])`` -> ``{"v1", "v2", "intra": (p, p'), "inter": (p1, p2)}`` (the terms
-    the run trains), normalised on the device (channels_last on CUDA)."""
+    the run trains), normalised on the device (channels_last on CUDA). A label-aware mode's
+    batch ends with its targets (a dict): OPERA's ``labels`` and SCAN's ``neighbor`` (the third
+    view, valid) are added."""
     local = list(crops[2:])
 
     def prepare(batch, device: torch.device) -> dict:
@@ -136,9 +142,44 @@ def to_inputs(cfg: Config, crops: tuple[int, ...]):
             if first in local:
                 i = local.index(first)
                 inputs[term] = (frame(batch[1], i), frame(batch[1], i + 1))
+        if isinstance(batch[-1], dict):
+            inputs.update(label_inputs(batch[-1], local, device, lambda: frame(batch[0], 2)))
         return inputs
 
     return prepare
+
+
+def label_inputs(targets: dict, local: list[int], device: torch.device, scan_view) -> dict:
+    """A label-aware batch's targets -> the model's ``labels`` (tags, known and, with box labels,
+    ``roi_intra`` / ``roi_inter`` [B, 2]) and SCAN's ``neighbor`` (``scan_view()``, valid [B])."""
+    labels = {"tags": targets["tags"].to(device), "known": targets["known"].to(device)}
+    if "roi" in targets:
+        for term, first in TERM_CROPS:
+            if first in local:
+                labels[f"roi_{term}"] = targets["roi"][:, first:first + 2].to(device)
+    out = {"labels": labels}
+    if "scan_valid" in targets:
+        out["neighbor"] = (scan_view(), targets["scan_valid"].reshape(-1).to(device, torch.bool))
+    return out
+
+
+def label_model(cfg: Config, builder: SampleBuilder, loss_weights) -> ORL:
+    """The model of a stage: ORL with ``loss_weights`` and, in a label-aware mode, the class
+    head sized by the label store's vocabulary."""
+    return ORL(cfg.model, loss_weights, cfg.label, builder.num_classes)
+
+
+def check_class_head(model: nn.Module, path: str, field: str) -> None:
+    """ConfigError naming ``field`` when the checkpoint ``path`` holds a class head for another
+    number of classes than ``model``'s (the label vocabulary changed)."""
+    head = getattr(model, "class_head", None)
+    if head is None or not path:
+        return
+    state = checkpoint.load(path)["model"]
+    key = f"class_head.{len(head) - 1}.weight"
+    if key in state and state[key].shape != head[-1].weight.shape:
+        raise ConfigError(f"{field}: {path} has a class head of {state[key].shape[0]} classes, "
+                          f"the label store's vocabulary {head[-1].weight.shape[0]}")
 
 
 def train(p: Prepared, rt: Runtime, kind: str) -> str:

@@ -3,7 +3,9 @@
 BYOL is ORL with the image term alone: the model is :class:`orl_fast.core.models.ORL` with loss
 weights (1, 0, 0) (its modules and checkpoint keys are BYOL's: ``online.*``, ``predictor.*``,
 ``target.*``), fed by Stage 3's sample plans without patches (the two global views), rendered by
-the same loaders (DALI on the GPU, torch on the CPU: ``orl.loader``).
+the same loaders (DALI on the GPU, torch on the CPU: ``orl.loader``). ``label.mode=opera`` adds
+the class head on the two views; ``label.mode=scan`` (with ``pairs``: a Stage 2 output of a
+first Stage 1 model) the neighbour term.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 from loaders.orl_samples import SampleBuilder
 from orl_fast.core.defaults import Config
 from orl_fast.core.distributed import init_runtime, shutdown
-from orl_fast.core.models import IMAGE_ONLY, ORL, init_backbone_
+from orl_fast.core.models import IMAGE_ONLY, init_backbone_
 from orl_fast.training import runs
-from orl_fast.training.runs import choose_loader, seed_everything
+from orl_fast.training.runs import choose_loader, label_model, seed_everything
 
 STAGE = "stage1"
 
@@ -23,10 +25,11 @@ def prepare(cfg: Config) -> runs.Prepared:
     nothing is written. ``model.init_weights`` is loaded (a resumed run then loads its own
     checkpoint)."""
     cfg.require("data", "out")
-    model = ORL(cfg.model, IMAGE_ONLY)
+    builder = SampleBuilder(cfg, IMAGE_ONLY)
+    model = label_model(cfg, builder, IMAGE_ONLY)
     if cfg.model.init_weights:
         init_backbone_(model, cfg.model.init_weights, cfg.model)
-    return runs.prepare(cfg, STAGE, SampleBuilder(cfg, IMAGE_ONLY), model)
+    return runs.prepare(cfg, STAGE, builder, model)
 
 
 def run(cfg: Config, lock_out: bool = True) -> str:

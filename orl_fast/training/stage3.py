@@ -17,14 +17,15 @@ from orl_fast.core.distributed import init_runtime, shutdown
 from orl_fast.core.models import ORL, init_backbone_
 from orl_fast.training import runs
 from orl_fast.training.engine import input_paths
-from orl_fast.training.runs import choose_loader, seed_everything
+from orl_fast.training.runs import check_class_head, choose_loader, label_model, seed_everything
 
 STAGE = "stage3"
 
 
 def init_from_stage1(model: ORL, path: str) -> None:
-    """Online, target and image predictor from a Stage 1 (BYOL) checkpoint; the intra- and
-    inter-RoI predictors keep their fresh initialisation."""
+    """Online, target and image predictor from a Stage 1 (BYOL) checkpoint (and OPERA's class
+    head when it has one); the intra- and inter-RoI predictors keep their fresh initialisation."""
+    check_class_head(model, path, "ckpt")
     state = checkpoint.load(path)["model"]
     own = model.state_dict()
     missing = [k for k in own if k.startswith(("online.", "target.")) and k not in state]
@@ -51,7 +52,7 @@ def prepare(cfg: Config) -> runs.Prepared:
             raise ConfigError("model.init_weights: not with orl.init=stage1 (the Stage 1 "
                               "checkpoint holds the weights)")
     builder = SampleBuilder(cfg)
-    model = ORL(cfg.model, cfg.orl.loss_weights)
+    model = label_model(cfg, builder, cfg.orl.loss_weights)
     inputs = {}
     if cfg.orl.init == "stage1":
         init_from_stage1(model, cfg.ckpt)
@@ -77,7 +78,9 @@ def run(cfg: Config, lock_out: bool = True) -> str:
                 print(f"[stage3] {len(b)} images{records}, loader {kind}, patches "
                       f"{cfg.orl.patches}, boxes {cfg.orl.boxes}, loss weights "
                       f"{cfg.orl.loss_weights}, K {b.knn_k or '-'}, N {b.topn_frac or '-'}, "
-                      f"init {cfg.orl.init}")
+                      f"init {cfg.orl.init}"
+                      + (f", labels {cfg.label.mode} ({b.num_classes} classes)"
+                         if b.labels is not None else ""))
             return runs.train(p, rt, kind)
     finally:
         shutdown()
