@@ -171,10 +171,10 @@ def train_stage3(recipe: Recipe, shards: str, mined: str, stage1_run: Path, out:
 def training_views(shards: str, n: int, size: int, seed: int) -> torch.Tensor:
     """``n`` random resized crops (BYOL's scale range, no photometric change) of random
     training images: what re-estimates a random network's BatchNorm statistics."""
-    from loaders.orl_samples import random_resized_crop
+    from loaders.images import decode_rgb
     from loaders.orl_torch import cut
     from loaders.shards import ShardIndex
-    from loaders.torch_loader import decode_rgb
+    from orl_fast.core.boxes import random_resized_crop
 
     index = ShardIndex(shards)
     rng = np.random.default_rng(seed)

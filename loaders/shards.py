@@ -154,11 +154,13 @@ IMAGE_SHARDS = "the image shards of `orl-fast ingest`"
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def read_index(root: str, field: str = "data", what: str = IMAGE_SHARDS) -> tuple[dict, bytes]:
+def read_index(root: str, field: str = "data", what: str = IMAGE_SHARDS,
+               check_files: bool = True) -> tuple[dict, bytes]:
     """The ``index.json`` of a shard directory, parsed and as bytes, checked before any work
     starts: the file exists and is an index of this version, every shard it lists with images
-    has its tar and ``.idx.npy`` beside it. InputError naming ``field``, the path and what is
-    wrong otherwise (``what``: what the directory should be, for the message)."""
+    has its tar and ``.idx.npy`` beside it (``check_files=False``: the index alone). InputError
+    naming ``field``, the path and what is wrong otherwise (``what``: what the directory should
+    be, for the message)."""
     root = root.rstrip("/")
     url = storage.join(root, INDEX_FILE)
     if not storage.exists(url):
@@ -176,6 +178,8 @@ def read_index(root: str, field: str = "data", what: str = IMAGE_SHARDS) -> tupl
         version = info.get("version") if isinstance(info, dict) else None
         raise InputError(f"{field}: {url}: not a shard index this version reads (version "
                          f"{version!r}, expected {INDEX_VERSION} with a list of shards)")
+    if not check_files:
+        return info, raw
     present = set(storage.listdir(root))
     for s in shards:
         for name in (s["name"], idx_name(s["name"])):

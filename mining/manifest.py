@@ -182,7 +182,7 @@ def make_plan(out: str, data: str, ckpt: str, mine: MineConfig, device: str,
     ``label_gate`` (SCAN) enters the hashes of the kNN and pairs stages, and only then."""
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device must be cuda or cpu, got {device!r}")
-    index, index_bytes = read_index(data)
+    index, index_bytes = read_index(data, check_files=False)  # the files: check_inputs
     shards = [s for s in index["shards"] if s["count"] > 0]
     ckpt_file = checkpoint.resolve(ckpt)
     if ckpt_file is None:

@@ -324,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline, small, on generated scenes (minutes)")
     p.add_argument("--out", default="orl-fast-demo", help="output directory (default: %(default)s)")
-    p.add_argument("--images", type=int, default=128, help="generated scenes (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=5, help="Stage 1 epochs (default: %(default)s)")
+    p.add_argument("--images", type=int, default=256, help="generated scenes (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=8,
+                   help="epochs of Stage 1 and of Stage 3 (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
 
     text = ("Generated scenes with known objects: 2-5 objects per image in 8 categories, each a "

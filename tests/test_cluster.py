@@ -143,8 +143,8 @@ def test_rayjob_entrypoint_is_a_valid_orl_fast_command():
     entrypoint = shlex.split(_load("rayjob.yaml")["spec"]["entrypoint"])
     assert entrypoint[0] == "orl-fast"
     args, extra = build_parser().parse_known_args(entrypoint[1:])
-    assert args.command == "mine"
-    cfg = load_config(args.config, extra)  # every override names a real field, validated
+    assert args.command == "mine" and not extra
+    cfg = args.load(args)  # every override names a real field, validated
     for url in (cfg.data, cfg.ckpt, cfg.out):
         assert url.startswith("s3://")
 
@@ -220,7 +220,7 @@ def test_readme_names_only_real_flags_and_fields():
     text = (CLUSTER / "README.md").read_text()
     mentioned = _readme_submit_options(text)
     assert {"--address", "--working-dir", "--pip", "--env", "--header", "--header-env",
-            "--job-id", "--num-cpus", "--num-gpus", "--no-wait"} <= mentioned
+            "--submission-id", "--num-cpus", "--num-gpus", "--no-wait"} <= mentioned
     assert mentioned <= _submit_flags(), mentioned - _submit_flags()
     # Every config field the README names exists; every override it shows is valid.
     sections = {"train": TrainConfig, "mine": MineConfig}
@@ -647,10 +647,10 @@ def test_e2e_working_dir_upload_and_orl_fast_rewrite(head, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "UPLOADED DATA" in r.stdout
     r = _run_submit(head, env, "--working-dir", str(work), "--", "orl-fast", "mine",
-                    "--config", "paper", "data=s3://b/x")
+                    "--config", "paper", "data=s3://b/x", "ckpt=s3://b/c", "out=s3://b/o")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert ("uploaded orl_fast ['mine', '--config', 'paper', 'data=s3://b/x'] True runs: False"
-            in r.stdout)
+    assert ("uploaded orl_fast ['mine', '--config', 'paper', 'data=s3://b/x', 'ckpt=s3://b/c', "
+            "'out=s3://b/o'] True runs: False" in r.stdout)
 
 
 @pytest.mark.slow

@@ -205,13 +205,12 @@ def test_cli_eval_linear_on_a_coco_split(scene_shards, tiny_ckpt, tmp_path):
     assert bad.returncode == 2 and "eval.svm.folds" in bad.stderr
 
 
-def test_demo_step(scene_shards, tiny_ckpt, tmp_path):
-    _, instances = scene_shards
-    out = demo.evaluate(tiny_ckpt[0], instances, str(tmp_path), progress=False)
-    assert set(out) == {"knn", "linear"}
-    for rep in out.values():
-        assert list(rep["results"]) == ["checkpoint", "random init"]
-        assert (tmp_path / f"{rep['task']}.md").exists()
+def test_demo_object_probe(tiny_ckpt):
+    out = demo.evaluate({"random init": "random", "tiny": tiny_ckpt[0]}, size=32, scenes=40)
+    assert set(out) == {"random init", "tiny"}
+    for r in out.values():
+        assert 0 <= r["knn"] <= 100 and 0 <= r["linear"] <= 100 and r["classes"] >= 2
+    assert out["random init"]["feature_dim"] == 512
 
 
 def test_reports_are_named_per_checkpoint_and_logged_to_tensorboard(scene_shards, tmp_path,
@@ -231,7 +230,8 @@ def test_reports_are_named_per_checkpoint_and_logged_to_tensorboard(scene_shards
     assert report_dir(second) == "orl-fast-eval/runs-byol-ckpt-00000009"
     assert report_dir(str(run)) == report_dir(first)  # a run dir: its latest checkpoint
     assert report_dir("random") == "orl-fast-eval/random-init"
-    settings = ["--quiet", "eval.resize=64", "eval.crop=56", "eval.num_workers=0",
+    settings = ["--quiet", "eval.resize=64", "eval.crop=56", "eval.pooling=global",
+                "eval.num_workers=0",
                 "eval.device=cpu", "eval.knn.k=5"]
     for ckpt in (first, second):
         assert main(["eval", "knn", "--ckpt", ckpt, "--tb", "--train", instances, *settings]) == 0

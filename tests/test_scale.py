@@ -14,7 +14,7 @@ import os
 import tracemalloc
 
 import numpy as np
-from support.simulate import simulate, synthetic_dataset
+from support.simulate import placeholder_files, simulate, synthetic_dataset
 
 from loaders.pairs import open_pairs
 from loaders.sampling import StepBatchSampler
@@ -57,6 +57,8 @@ def test_index_and_sampler_state_is_per_shard(tmp_path):
     pairs = tmp_path / "mined" / "pairs"
     pairs.mkdir(parents=True)
     (pairs / "index.json").write_text((tmp_path / "data" / "index.json").read_text())
+    placeholder_files(str(pairs), [s["name"] for s in json.loads(
+        (pairs / "index.json").read_text())["shards"]])
 
     def build():
         images, records = ShardIndex(data), open_pairs(str(tmp_path / "mined"))

@@ -27,15 +27,24 @@ from typing import Any
 import numpy as np
 
 from loaders.pairs import pair_shard_name
-from loaders.shards import INDEX_VERSION, shard_name, shard_summary
+from loaders.shards import INDEX_VERSION, idx_name, shard_name, shard_summary
 from mining.manifest import FILES, Plan, make_plan
 from mining.summary import SIM_EDGES, count_hist, sim_hist
 from orl_fast.core import storage
 from orl_fast.core.defaults import MineConfig
 
 
+def placeholder_files(root: str, names: list[str]) -> None:
+    """Empty files of these shard names and their ``.idx.npy``: what the start-up check of an
+    index looks for, in tests that read only the index."""
+    for name in names:
+        for path in (name, idx_name(name)):
+            open(os.path.join(root, path), "wb").close()
+
+
 def synthetic_dataset(root: str, num_images: int, shard_size: int) -> str:
-    """``root/index.json`` for ``num_images`` images in shards of ``shard_size``; returns root."""
+    """``root/index.json`` for ``num_images`` images in shards of ``shard_size`` (the shard
+    files empty placeholders: only the index is read); returns root."""
     os.makedirs(root, exist_ok=True)
     shards = []
     for j, first in enumerate(range(0, num_images, shard_size)):
@@ -45,6 +54,7 @@ def synthetic_dataset(root: str, num_images: int, shard_size: int) -> str:
     with open(os.path.join(root, "index.json"), "w") as f:
         json.dump({"version": INDEX_VERSION, "num_images": num_images,
                    "num_shards": len(shards), "shards": shards}, f)
+    placeholder_files(root, [s["name"] for s in shards])
     return root
 
 
