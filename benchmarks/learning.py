@@ -70,24 +70,34 @@ class Recipe:
 
     backbone: str = "resnet18"
     stem: str = "imagenet"
+    init: str = "official"
     crop: int = 64
     patch: int = 32
+    # crops of at least a quarter of the scene and strong colour jitter: two views share
+    # objects, not only the scene's colours (the paper's [0.08, 1] and [0.4, 0.4, 0.2, 0.1]
+    # below ~250 steps left the features below those of the smaller range)
+    crop_scale: str = "[0.25,1.0]"
+    jitter: str = "[0.8,0.8,0.8,0.2]"
     batch: int = 64
-    base_lr: float = 1.0
+    base_lr: float = 0.2
     weight_decay: float = 1e-4
     tau: float = 0.99
+    precision: str = "bf16"
     e1: int = 8
     e3: int = 4
     workers: int = 2
     device: str = "cpu"
-    ckpt_every: int = 0  # optimiser steps between probed checkpoints (0: 8 per stage)
+    probes: int = 4  # probed checkpoints per stage (evenly spaced)
+    ckpt_every: int = 0  # optimiser steps between probed checkpoints (0: from probes)
     extra: list[str] = field(default_factory=list)  # further dotted overrides
 
     def overrides(self) -> list[str]:
         return [f"model.backbone={self.backbone}", f"model.stem={self.stem}",
-                f"aug.crop_size={self.crop}", f"orl.patch_size={self.patch}",
-                f"train.batch_size={self.batch}", f"optim.base_lr={self.base_lr}",
-                f"optim.weight_decay={self.weight_decay}", f"train.tau_base={self.tau}",
+                f"model.init={self.init}", f"aug.crop_size={self.crop}",
+                f"orl.patch_size={self.patch}", f"aug.crop_scale={self.crop_scale}",
+                f"aug.color_jitter={self.jitter}", f"train.batch_size={self.batch}",
+                f"optim.base_lr={self.base_lr}", f"optim.weight_decay={self.weight_decay}",
+                f"train.tau_base={self.tau}", f"train.precision={self.precision}",
                 f"train.num_workers={self.workers}", f"train.device={self.device}",
                 "train.keep_last=1000", "train.log_every_steps=10", *self.extra]
 
@@ -151,7 +161,8 @@ def steps_per_epoch(shards: str, batch: int) -> int:
 
 
 def train_stage1(recipe: Recipe, shards: str, out: Path, seed: int) -> str:
-    every = recipe.ckpt_every or max(1, recipe.e1 * steps_per_epoch(shards, recipe.batch) // 8)
+    every = recipe.ckpt_every or max(1, recipe.e1 * steps_per_epoch(shards, recipe.batch)
+                                     // recipe.probes)
     cfg = load_config("small", [*recipe.overrides(), f"data={shards}", f"out={out}",
                                 f"train.epochs={recipe.e1}", f"train.seed={seed}",
                                 f"train.ckpt_every_steps={every}"])
@@ -160,7 +171,8 @@ def train_stage1(recipe: Recipe, shards: str, out: Path, seed: int) -> str:
 
 def train_stage3(recipe: Recipe, shards: str, mined: str, stage1_run: Path, out: Path,
                  seed: int, weights: str) -> str:
-    every = recipe.ckpt_every or max(1, recipe.e3 * steps_per_epoch(shards, recipe.batch) // 8)
+    every = recipe.ckpt_every or max(1, recipe.e3 * steps_per_epoch(shards, recipe.batch)
+                                     // recipe.probes)
     cfg = load_config("small", [*recipe.overrides(), f"data={shards}", f"pairs={mined}",
                                 f"out={out}", f"train.epochs={recipe.e3}", f"train.seed={seed}",
                                 f"train.ckpt_every_steps={every}", f"orl.loss_weights={weights}",
@@ -247,7 +259,7 @@ def run_seed(mode: str, recipe: Recipe, data: dict, out: Path, seed: int, ec,
     s1 = out / f"seed{seed}" / "stage1"
     train_stage1(recipe, shards, s1, seed)
     times["stage1"] = time.time() - t0
-    rnd = backbones.random_init(recipe.backbone, seed, recipe.stem)
+    rnd = backbones.random_init(recipe.backbone, seed, recipe.stem, recipe.init)
     res["random"] = probe(rnd, data["objects"], ec)
     # The same random weights with BatchNorm statistics of the training views (what any training
     # step gives a network): isolates what training changed in the other weights.

@@ -54,11 +54,12 @@ def digest(arch: str, state_dict: dict[str, torch.Tensor], stem: str = "imagenet
     return h.hexdigest()
 
 
-def random_init(arch: str, seed: int, stem: str = "imagenet") -> Weights:
-    """torchvision's default initialisation of ``arch``, seeded (the caller's RNG is untouched)."""
+def random_init(arch: str, seed: int, stem: str = "imagenet", init: str = "torchvision") -> Weights:
+    """A seeded random initialisation of ``arch`` (the caller's RNG is untouched): torchvision's
+    default, or ``init="official"`` (``model.init``, what training starts from)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net, _ = build_backbone(arch, stem)
+        net, _ = build_backbone(arch, stem, init)
     sd = net.state_dict()
     return Weights("random init", f"random (seed {seed})", arch, sd, digest(arch, sd, stem),
                    stem=stem)
