@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,7 @@ from loaders.torch_loader import make_loader
 from orl_fast.core import checkpoint, storage
 from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import Config
-from orl_fast.core.distributed import Runtime
+from orl_fast.core.distributed import Runtime, init_runtime, shutdown
 from orl_fast.core.locks import out_lock
 from orl_fast.core.models import ORL
 from orl_fast.training.engine import RunSpec, Schedule, fit, resume_state, setup_model
@@ -180,6 +180,25 @@ def check_class_head(model: nn.Module, path: str, field: str) -> None:
     if key in state and state[key].shape != head[-1].weight.shape:
         raise ConfigError(f"{field}: {path} has a class head of {state[key].shape[0]} classes, "
                           f"the label store's vocabulary {head[-1].weight.shape[0]}")
+
+
+def run_stage(cfg: Config, stage: str, prepare: Callable[[Config], Prepared], lock_out: bool,
+              announce: Callable[[Prepared, str], None] | None = None) -> str:
+    """A training stage in this process (alone, or as one torchrun / Ray Train rank): seeds, the
+    loader, OUT's lock (``lock_out``; False: the launcher holds it), ``prepare``'s start-up
+    checks, ``announce(prepared, loader)`` on the main rank, then :func:`train`."""
+    cfg.require("data", "out")
+    rt = init_runtime(cfg.train.device)
+    try:
+        seed_everything(cfg)
+        kind = choose_loader(cfg, rt.device)
+        with writing(cfg, rt, stage, lock_out):
+            p = prepare(cfg)
+            if announce is not None and rt.is_main:
+                announce(p, kind)
+            return train(p, rt, kind)
+    finally:
+        shutdown()
 
 
 def train(p: Prepared, rt: Runtime, kind: str) -> str:

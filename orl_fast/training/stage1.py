@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from loaders.orl_samples import SampleBuilder
 from orl_fast.core.defaults import Config
-from orl_fast.core.distributed import init_runtime, shutdown
 from orl_fast.core.models import IMAGE_ONLY, init_backbone_
 from orl_fast.training import runs
-from orl_fast.training.runs import choose_loader, label_model, seed_everything
+from orl_fast.training.runs import label_model
 
 STAGE = "stage1"
 
@@ -35,12 +34,4 @@ def prepare(cfg: Config) -> runs.Prepared:
 def run(cfg: Config, lock_out: bool = True) -> str:
     """Train Stage 1 in this process (alone, or as one torchrun / Ray Train rank); ``lock_out``:
     take OUT's lock (False: the launcher holds it)."""
-    cfg.require("data", "out")
-    rt = init_runtime(cfg.train.device)
-    try:
-        seed_everything(cfg)
-        kind = choose_loader(cfg, rt.device)
-        with runs.writing(cfg, rt, STAGE, lock_out):
-            return runs.train(prepare(cfg), rt, kind)
-    finally:
-        shutdown()
+    return runs.run_stage(cfg, STAGE, prepare, lock_out)

@@ -13,11 +13,10 @@ from loaders.orl_samples import SampleBuilder
 from orl_fast.core import checkpoint
 from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import Config
-from orl_fast.core.distributed import init_runtime, shutdown
 from orl_fast.core.models import ORL, init_backbone_
 from orl_fast.training import runs
 from orl_fast.training.engine import input_paths
-from orl_fast.training.runs import check_class_head, choose_loader, label_model, seed_everything
+from orl_fast.training.runs import check_class_head, label_model
 
 STAGE = "stage3"
 
@@ -62,25 +61,17 @@ def prepare(cfg: Config) -> runs.Prepared:
     return runs.prepare(cfg, STAGE, builder, model, inputs)
 
 
+def announce(p: runs.Prepared, kind: str) -> None:
+    cfg, b = p.cfg, p.builder
+    records = f", {len(b.pairs)} pair records" if b.pairs is not None else ""
+    labels = (f", labels {cfg.label.mode} ({b.num_classes} classes)" if b.labels is not None
+              else "")
+    print(f"[stage3] {len(b)} images{records}, loader {kind}, patches {cfg.orl.patches}, boxes "
+          f"{cfg.orl.boxes}, loss weights {cfg.orl.loss_weights}, K {b.knn_k or '-'}, N "
+          f"{b.topn_frac or '-'}, init {cfg.orl.init}{labels}")
+
+
 def run(cfg: Config, lock_out: bool = True) -> str:
     """Train Stage 3 in this process (alone, or as one torchrun / Ray Train rank); ``lock_out``:
     take OUT's lock (False: the launcher holds it)."""
-    cfg.require("data", "out")
-    rt = init_runtime(cfg.train.device)
-    try:
-        seed_everything(cfg)
-        kind = choose_loader(cfg, rt.device)
-        with runs.writing(cfg, rt, STAGE, lock_out):
-            p = prepare(cfg)
-            if rt.is_main:
-                b = p.builder
-                records = f", {len(b.pairs)} pair records" if b.pairs is not None else ""
-                print(f"[stage3] {len(b)} images{records}, loader {kind}, patches "
-                      f"{cfg.orl.patches}, boxes {cfg.orl.boxes}, loss weights "
-                      f"{cfg.orl.loss_weights}, K {b.knn_k or '-'}, N {b.topn_frac or '-'}, "
-                      f"init {cfg.orl.init}"
-                      + (f", labels {cfg.label.mode} ({b.num_classes} classes)"
-                         if b.labels is not None else ""))
-            return runs.train(p, rt, kind)
-    finally:
-        shutdown()
+    return runs.run_stage(cfg, STAGE, prepare, lock_out, announce)
