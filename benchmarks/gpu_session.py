@@ -54,7 +54,7 @@ def bench(script: str, *args: str) -> list[str]:
 
 CHECKS = [
     Check("machine", 0, 60, [PY, str(Path(__file__).resolve()), "machine"]),
-    # issue 5, the point of it: b/a >= 0.95, b/c >= 3 (ResNet-50, bf16, batch 256)
+    # the Stage 3 loader: b/a >= 0.95, b/c >= 3 (ResNet-50, bf16, batch 256)
     Check("stage3_loader", 5, 300,
           bench("stage3_loader.py", "--mode", "gpu", "--workers", "8", "--batch", "256",
                 "--images", "2048", "--json", "{out}/stage3_loader.json"),
@@ -62,39 +62,39 @@ CHECKS = [
                 "--images", "64", "--steps", "2", "--warmup", "1",
                 "--json", "{out}/stage3_loader.json"),
           json_file="stage3_loader.json"),
-    # issue 4: >= 10,000 RoIs/s, decode and crop included, vs the model alone
+    # RoI embedding: >= 10,000 RoIs/s, decode and crop included, vs the model alone
     Check("roi_embed", 4, 180, bench("mining_roi_embed.py", "--device", "cuda"),
           bench("mining_roi_embed.py", "--device", "cpu", "--images", "8", "--rounds", "1"),
           needs=("coco-mini",)),
-    # issues 4, 5, 6: the tests that skip without CUDA (a rehearsal sees them collected, skipped)
+    # the GPU tests: those that skip without CUDA (a rehearsal sees them collected, skipped)
     Check("gpu_tests", 4, 240,
           [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu",
            "tests/test_mining_gpu.py", "tests/test_dali_loader.py", "tests/test_eval_gpu.py"],
           needs=("coco-mini",)),
-    # issue 4: kNN of 118k on the GPU (torch) and 1M with faiss on the 16 cores
+    # kNN of 118k on the GPU (torch) and 1M with faiss on the 16 cores
     Check("knn", 4, 150,
           bench("mining_knn.py", "--n", "118287", "--faiss-n", "1000000",
                 "--faiss-index", "IVF1024,Flat", "--nprobe", "32"),
           bench("mining_knn.py", "--n", "2000", "--faiss-n", "5000", "--faiss-index",
                 "IVF16,Flat", "--nprobe", "4")),
-    # issue 4: parallel efficiency >= 0.9 at 16 Ray CPU workers (weak scaling, 3 units each)
+    # selective search: parallel efficiency >= 0.9 at 16 Ray CPU workers (weak scaling, 3 units each)
     Check("selective_search", 4, 180,
           bench("mining_selective_search.py", "--workers", "1,2,4,8,16", "--images", "741",
                 "--shard-size", "8", "--units-per-worker", "3", "--rounds", "1"),
           bench("mining_selective_search.py", "--workers", "1,2", "--images", "16",
                 "--shard-size", "4", "--units-per-worker", "2", "--rounds", "1"),
           needs=("coco-mini",)),
-    # issue 3: Stage 1 BYOL images/s (paper settings on the GPU)
+    # Stage 1 BYOL images/s (paper settings on the GPU)
     Check("stage1", 3, 150, bench("stage1_throughput.py"),
           bench("stage1_throughput.py", "--steps", "2", "--warmup", "1", "--rounds", "1"),
           needs=("coco-mini",)),
-    # issue 4 again, if (a) fell short: the backbone compiled (one shape, padded batches)
+    # RoI embedding again, if it fell short: the backbone compiled (one shape, padded batches)
     Check("roi_embed_compile", 4, 180, bench("mining_roi_embed.py", "--device", "cuda",
                                              "--compile"),
           bench("mining_roi_embed.py", "--device", "cpu", "--images", "8", "--rounds", "1",
                 "--compile"),
           needs=("coco-mini",)),
-    # issue 6: VOC07 evaluation on the GPU
+    # VOC07 evaluation on the GPU
     Check("eval_voc07", 6, 240,
           bench("eval_voc07.py", "--out", "{out}/eval_voc07", "eval.device=cuda"),
           bench("eval_voc07.py", "--tasks", "", "--baseline-images", "4", "--rounds", "1",

@@ -115,7 +115,7 @@ def test_environment_puts_the_wheels_checkout_and_carried_data_in_place(monkeypa
 def test_the_session_checks_are_well_formed():
     names = [c.name for c in gs.CHECKS]
     assert len(set(names)) == len(names) and names[0] == "machine"
-    # the point of issue 5 runs first after the machine's description
+    # the Stage 3 loader check runs first after the machine's description
     assert names[1] == "stage3_loader"
     for c in gs.CHECKS:
         for argv in (c.argv, c.rehearsal or c.argv):
