@@ -168,7 +168,8 @@ def main() -> None:
     s1 = out / "stage1"
     train_stage1(recipe, shards, s1, args.seed)
     seconds["stage1"] = time.time() - t
-    rows["random init"] = score(backbones.random_init(recipe.backbone, args.seed, recipe.stem))
+    rows["random init"] = score(backbones.random_init(recipe.backbone, args.seed, recipe.stem,
+                                                      recipe.init))
     rows["BYOL (Stage 1)"] = score(backbones.load(final(s1)))
     t = time.time()
     mined = out / "mined"

@@ -35,6 +35,7 @@ from loaders.augment import normalize
 from loaders.images import open_rgb
 from loaders.torch_loader import loader_workers
 from orl_fast.core import storage
+from orl_fast.core.config import ConfigError
 from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
 
 # resK is the output of torchvision's layer{K-1}.
@@ -107,7 +108,7 @@ def goyal_pool(name: str, x: torch.Tensor) -> torch.Tensor:
     """The Goyal et al. average pooling of layer ``name``'s map (made for 224 px inputs)."""
     kernel, stride, padding = GOYAL_POOLING[name]
     if min(x.shape[2:]) + 2 * padding < kernel:
-        raise ValueError(f"eval.pooling=goyal: the {name} map is {x.shape[2]}x{x.shape[3]}, "
+        raise ConfigError(f"eval.pooling=goyal: the {name} map is {x.shape[2]}x{x.shape[3]}, "
                          f"smaller than its {kernel}x{kernel} pooling (made for 224 px "
                          "inputs): raise eval.crop or set eval.pooling=global")
     return nn.functional.avg_pool2d(x, kernel, stride, padding)
