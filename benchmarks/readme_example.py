@@ -3,10 +3,11 @@
 Runs every command of the README section "A worked example" in OUT (a fresh directory: the
 commands' relative paths land there), under this checkout (``python -m orl_fast``), and writes
 ``OUT/readme_example.json``: the machine, the date, the load average, each command with its wall
-time, its CPU time (user + system of the command and the processes it waited for: Ray's and the
+time, its CPU time (user + system of the command and of the processes it waited for, the
 DataLoader's workers included) and exit status, and the totals. On a shared machine the CPU
-time is the figure to compare: wall time divided by the cores a laptop gives it. Stops at the
-first command that fails.
+time is the figure to compare, except for ``orl-fast mine``: its Ray workers are not processes
+the command waits for, so their CPU time is not counted and mining's wall time is the figure.
+Stops at the first command that fails.
 
     python benchmarks/readme_example.py --out benchmarks/out/readme-example
 """

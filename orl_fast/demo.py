@@ -74,8 +74,10 @@ def run(out: str, num_images: int = 256, epochs: int = 8) -> dict[str, str]:
         print(f"[demo]   {name:15s} kNN {r['knn']:5.1f}%   linear {r['linear']:5.1f}%")
     print(f"[demo] what these numbers mean: {2 * epochs} epochs on {num_images} scenes are "
           "minutes of CPU. They show that every stage runs and where training moved the "
-          "features; differences of a few points are within what another seed gives (the "
-          "spread over seeds is measured by benchmarks/learning.py, see benchmarks/RESULTS.md). "
+          "features, not that training helps: at CPU scale trained features score below random "
+          "initialisation on this probe (a random ResNet is a strong baseline for shapes and "
+          "textures, and minutes of training first lower it; measured over seeds by "
+          "benchmarks/learning.py, see benchmarks/RESULTS.md, 'Does training learn?'). "
           "ORL here has also trained twice as many steps as Stage 1, so ORL vs BYOL in this "
           "table is not a comparison at equal compute; the protocol makes that one.")
     outputs = {
