@@ -75,8 +75,9 @@ def run(out: str, num_images: int = 256, epochs: int = 8) -> dict[str, str]:
     print(f"[demo] what these numbers mean: {2 * epochs} epochs on {num_images} scenes are "
           "minutes of CPU. They show that every stage runs and where training moved the "
           "features, not that training helps: at CPU scale trained features score below random "
-          "initialisation on this probe (a random ResNet is a strong baseline for shapes and "
-          "textures, and minutes of training first lower it; measured over seeds by "
+          "initialisation on this probe (a random ResNet with its initial BatchNorm "
+          "statistics is a strong baseline for shapes and textures, and minutes of training "
+          "first lower it; measured over seeds by "
           "benchmarks/learning.py, see benchmarks/RESULTS.md, 'Does training learn?'). "
           "ORL here has also trained twice as many steps as Stage 1, so ORL vs BYOL in this "
           "table is not a comparison at equal compute; the protocol makes that one.")
