@@ -87,7 +87,8 @@ class Recipe:
     e3: int = 4
     workers: int = 2
     device: str = "cpu"
-    probes: int = 4  # probed checkpoints per stage (evenly spaced)
+    probes: int = 4  # probed checkpoints per stage at least (the trainer also saves, and this
+    # protocol probes, one at the end of every epoch)
     ckpt_every: int = 0  # optimiser steps between probed checkpoints (0: from probes)
     extra: list[str] = field(default_factory=list)  # further dotted overrides
 
@@ -160,9 +161,15 @@ def steps_per_epoch(shards: str, batch: int) -> int:
     return json.loads(Path(shards, "index.json").read_text())["num_images"] // batch
 
 
+def probe_every(recipe: Recipe, shards: str, epochs: int) -> int:
+    """Optimiser steps between the checkpoints of a stage of ``epochs`` epochs (beside those at
+    the end of every epoch)."""
+    return recipe.ckpt_every or max(1, epochs * steps_per_epoch(shards, recipe.batch)
+                                    // recipe.probes)
+
+
 def train_stage1(recipe: Recipe, shards: str, out: Path, seed: int) -> str:
-    every = recipe.ckpt_every or max(1, recipe.e1 * steps_per_epoch(shards, recipe.batch)
-                                     // recipe.probes)
+    every = probe_every(recipe, shards, recipe.e1)
     cfg = load_config("small", [*recipe.overrides(), f"data={shards}", f"out={out}",
                                 f"train.epochs={recipe.e1}", f"train.seed={seed}",
                                 f"train.ckpt_every_steps={every}"])
@@ -171,8 +178,7 @@ def train_stage1(recipe: Recipe, shards: str, out: Path, seed: int) -> str:
 
 def train_stage3(recipe: Recipe, shards: str, mined: str, stage1_run: Path, out: Path,
                  seed: int, weights: str) -> str:
-    every = recipe.ckpt_every or max(1, recipe.e3 * steps_per_epoch(shards, recipe.batch)
-                                     // recipe.probes)
+    every = probe_every(recipe, shards, recipe.e3)
     cfg = load_config("small", [*recipe.overrides(), f"data={shards}", f"pairs={mined}",
                                 f"out={out}", f"train.epochs={recipe.e3}", f"train.seed={seed}",
                                 f"train.ckpt_every_steps={every}", f"orl.loss_weights={weights}",
