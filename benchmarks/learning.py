@@ -51,7 +51,7 @@ from bench_common import COCO_MINI, SHARED_DATA, machine
 
 from evaluation import backbones, classification, datasets, objects
 from loaders.ingest import ingest
-from loaders.synthetic import write_scenes
+from loaders.synthetic import World, write_scenes
 from mining import pipeline
 from mining.purity import pair_purity
 from orl_fast.core import checkpoint
@@ -60,7 +60,6 @@ from orl_fast.core.models import IMAGE_ONLY, ORL
 from orl_fast.training import stage1, stage3
 
 VOC07 = SHARED_DATA / "voc07"
-WORLD_SIZE = (160, 120)  # generated scene width, height
 DATA_SEED, TEST_SEED, VALIDATION_SEED = 0, 1, 2
 
 
@@ -110,23 +109,22 @@ class Recipe:
 # ----------------------------------------------------------------------------- data
 
 
-def world_data(out: Path, images: int) -> tuple[str, str]:
+def world_data(out: Path, images: int, world: World) -> tuple[str, str]:
     """Generated training scenes in shards; returns (shards, instances.json)."""
     scenes = out / "data" / "scenes"
     shards = out / "data" / "shards"
     if not (shards / "index.json").exists():
-        src = write_scenes(str(scenes), images, seed=DATA_SEED, width=WORLD_SIZE[0],
-                           height=WORLD_SIZE[1])
+        src = write_scenes(str(scenes), images, seed=DATA_SEED, world=world)
         ingest(src, str(shards), load_config("small", [
             f"ingest.shard_size={max(64, images // 8)}"]).ingest, progress=False)
     return str(shards), str(scenes / "instances.json")
 
 
-def world_probe(seed: int, scenes: int, size: int) -> tuple[objects.Objects, objects.Objects]:
+def world_probe(seed: int, scenes: int, size: int, world: World
+                ) -> tuple[objects.Objects, objects.Objects]:
     """Objects of ``scenes`` generated scenes of ``seed`` (disjoint from the training scenes),
     half the scenes for the probe's training part, half for its test part."""
-    return objects.split(objects.from_scenes(seed, scenes, size, *WORLD_SIZE), per_class=100,
-                         seed=0)
+    return objects.split(objects.from_scenes(seed, scenes, size, world), per_class=100, seed=0)
 
 
 def real_data(out: Path, size: int) -> dict:
@@ -396,14 +394,87 @@ def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-CANDIDATES = {  # select: name -> recipe changes (Stage 1 only, seed 0, validation probe)
+# select: name -> changes to the recipe, or "world": another generated world (Stage 1 only, seed 0,
+# the validation probe)
+CANDIDATES: dict[str, dict] = {
     "base": {},
-    "lr 0.2": {"base_lr": 0.2},
+    "base lr 0.8": {"base_lr": 0.8},
+    "the paper's crop scale [0.08, 1]": {"crop_scale": "[0.08,1.0]"},
+    "tau 0.996": {"tau": 0.996},
+    "tau 0.996, base lr 0.8": {"tau": 0.996, "base_lr": 0.8},
+    "LARS, base lr 1.0": {"base_lr": 1.0, "extra": ["optim.optimizer=lars"]},
     "crop 96": {"crop": 96, "patch": 48},
     "small stem, crop 32": {"stem": "small", "crop": 32, "patch": 16},
     "no blur scaling": {"extra": ["aug.blur_reference_size=0"]},
-    "tau 0.996": {"tau": 0.996},
+    "big objects": {"world": World(min_objects=1, max_objects=3, object_size=(0.35, 0.7))},
+    "4x the steps (E1 32)": {"e1": 32},
 }
+
+
+def select(recipe: Recipe, world: World, out: Path, images: int, probe_scenes: int,
+           names: list[str], ec) -> dict:
+    """Stage 1 of seed 0 for each candidate, every checkpoint on the validation probe."""
+    rows: dict = {}
+    for name in names:
+        change = dict(CANDIDATES[name])
+        cand_world = change.pop("world", world)
+        extra = [*recipe.extra, *change.pop("extra", [])]
+        cand = Recipe(**{**vars(recipe), **change, "extra": extra})
+        run_dir = out / "".join(c if c.isalnum() else "_" for c in name)
+        # the base world's scenes are shared by the candidates that keep it
+        shards, instances = world_data(out if cand_world == world else run_dir, images,
+                                       cand_world)
+        data = {"shards": shards, "instances": instances,
+                "objects": world_probe(VALIDATION_SEED, probe_scenes, cand.crop, cand_world)}
+        t = time.time()
+        r = run_seed("world", cand, data, run_dir, 0, ec, arms=())
+        best = max(r["stage1"], key=lambda sp: sp[1]["knn"])
+        rows[name] = {"random": r["random"], "random_bn": r["random_bn"],
+                      "stage1": r["stage1"][-1][1], "steps": r["stage1"][-1][0],
+                      "best_knn_step": best[0], "best": best[1], "curve": r["stage1"],
+                      "seconds": round(time.time() - t, 1)}
+        print(f"[select] {name:36s} kNN {rows[name]['stage1']['knn']:5.1f} linear "
+              f"{rows[name]['stage1']['linear']:5.1f} (random {r['random']['knn']:5.1f} / "
+              f"{r['random']['linear']:5.1f}, BN re-estimated {r['random_bn']['knn']:5.1f} / "
+              f"{r['random_bn']['linear']:5.1f})  {rows[name]['seconds']:.0f} s", flush=True)
+    return rows
+
+
+def plot_select(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric in zip(axes, ("knn", "linear")):
+        for i, (name, r) in enumerate(rows.items()):
+            colour = plt.cm.tab20(i % 20)
+            ax.plot([0] + [s for s, _ in r["curve"]],
+                    [r["random"][metric]] + [p[metric] for _, p in r["curve"]],
+                    color=colour, marker=".", label=name)
+            ax.axhline(r["random_bn"][metric], color=colour, lw=0.8, ls=":")
+        ax.set_xlabel("optimiser steps (step 0: random init; dotted: random init, BN "
+                      "re-estimated)")
+        ax.set_ylabel(f"validation object probe, {metric} balanced accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle("select: Stage 1 recipes, seed 0")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def select_markdown(rows: dict, header: str) -> str:
+    head = ("| candidate | steps | random init | random init, BN re-estimated | Stage 1, end | "
+            "best kNN (step) |")
+    lines = [header, "", head, "|---|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        def pair(p: dict) -> str:
+            return f"{p['knn']:.1f} / {p['linear']:.1f}"
+        lines.append(f"| {name} | {r['steps']} | {pair(r['random'])} | {pair(r['random_bn'])} | "
+                     f"{pair(r['stage1'])} | {r['best']['knn']:.1f} ({r['best_knn_step']}) |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -414,6 +485,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--images", type=int, default=2000, help="world: generated training scenes")
     ap.add_argument("--probe-scenes", type=int, default=600)
+    ap.add_argument("--objects", type=int, nargs=2, default=[2, 5], metavar=("MIN", "MAX"),
+                    help="world: objects per scene (default: 2 5)")
+    ap.add_argument("--object-size", type=float, nargs=2, default=[0.2, 0.5],
+                    metavar=("LOW", "HIGH"), help="world: an object's side as a fraction of the "
+                    "scene's shorter side (default: 0.2 0.5)")
+    ap.add_argument("--candidates", nargs="+", metavar="NAME",
+                    help=f"select: the candidates to train (default: all of {list(CANDIDATES)})")
     for name, value in vars(Recipe()).items():
         if name != "extra":
             ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -422,6 +500,8 @@ def main() -> None:
     args = ap.parse_args()
     recipe = Recipe(**{k: getattr(args, k) for k in vars(Recipe()) if k != "extra"},
                     extra=args.overrides)
+    world = World(min_objects=args.objects[0], max_objects=args.objects[1],
+                  object_size=tuple(args.object_size))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -430,32 +510,27 @@ def main() -> None:
     t0 = time.time()
 
     if args.mode == "select":
-        shards, instances = world_data(out, args.images)
-        data = {"shards": shards, "instances": instances,
-                "objects": world_probe(VALIDATION_SEED, args.probe_scenes, recipe.crop)}
-        rows = {}
-        for name, change in CANDIDATES.items():
-            cand = Recipe(**{**vars(recipe), **change})
-            if cand.crop != recipe.crop:
-                data = {**data, "objects": world_probe(VALIDATION_SEED, args.probe_scenes,
-                                                       cand.crop)}
-            t = time.time()
-            r = run_seed("world", cand, data, out / name.replace(" ", "_").replace(",", ""),
-                         0, ec, arms=())
-            rows[name] = {"random": r["random"], "stage1": r["stage1"][-1][1],
-                          "seconds": round(time.time() - t, 1)}
-            print(f"[select] {name:24s} kNN {rows[name]['stage1']['knn']:5.1f} (random "
-                  f"{r['random']['knn']:5.1f})  linear {rows[name]['stage1']['linear']:5.1f} "
-                  f"(random {r['random']['linear']:5.1f})  {rows[name]['seconds']:.0f} s",
-                  flush=True)
-        (out / "select.json").write_text(json.dumps({**machine(), "recipe": vars(recipe),
+        names = args.candidates or list(CANDIDATES)
+        unknown = [n for n in names if n not in CANDIDATES]
+        if unknown:
+            ap.error(f"--candidates: unknown {unknown}; the candidates are {list(CANDIDATES)}")
+        rows = select(recipe, world, out, args.images, args.probe_scenes, names, ec)
+        m = machine()
+        md = select_markdown(rows, f"select: Stage 1, seed 0, validation probe (kNN / linear "
+                                   f"balanced accuracy, %); {m['date']}, {m['machine']}, torch "
+                                   f"{m['torch']}; {time.time() - t0:.0f} s in all")
+        (out / "select.json").write_text(json.dumps({**m, "recipe": vars(recipe),
                                                      "candidates": rows}, indent=1))
+        (out / "select.md").write_text(md)
+        plot_select(rows, out / "select.png")
+        print(md)
+        print(f"plot: {out / 'select.png'}")
         return
 
     if args.mode == "world":
-        shards, instances = world_data(out, args.images)
+        shards, instances = world_data(out, args.images, world)
         data = {"shards": shards, "instances": instances,
-                "objects": world_probe(TEST_SEED, args.probe_scenes, recipe.crop)}
+                "objects": world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world)}
         title = f"generated world, {args.images} scenes"
     else:
         data = real_data(out, recipe.crop)

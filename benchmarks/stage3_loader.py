@@ -44,7 +44,7 @@ from support.synthetic_pairs import random_records, write_pairs
 from loaders.ingest import ingest
 from loaders.orl_samples import SampleBuilder
 from loaders.shards import ShardIndex
-from loaders.synthetic import write_scenes
+from loaders.synthetic import World, write_scenes
 from orl_fast.core.config import load_config
 from orl_fast.core.defaults import IngestConfig
 from orl_fast.core.distributed import init_runtime
@@ -55,8 +55,8 @@ from orl_fast.training.engine import RunSpec, Schedule, fit, setup_model
 
 def _scenes(args: tuple[str, int, int]) -> str:
     out, start, n = args
-    return write_scenes(os.path.join(out, f"part{start:06d}"), n, seed=start, width=640,
-                        height=480)
+    return write_scenes(os.path.join(out, f"part{start:06d}"), n, seed=start,
+                        world=World(640, 480))
 
 
 def make_data(root: Path, num_images: int, workers: int) -> tuple[str, str]:

@@ -34,6 +34,7 @@ from evaluation import probes
 from evaluation.backbones import Weights
 from evaluation.features import PooledFeatures, resolve_device
 from loaders.augment import normalize
+from loaders.synthetic import CATEGORIES, DEFAULT_WORLD, World, make_scene, scene_seed
 from orl_fast.core import storage
 from orl_fast.core.defaults import IMAGENET_MEAN, IMAGENET_STD, EvalConfig
 from orl_fast.core.models import effective_rank
@@ -96,15 +97,14 @@ def from_coco(instances_json: str, size: int, min_side: int = 16, margin: float 
     return _objects(crops, labels, images, tuple(c["name"] for c in cats))
 
 
-def from_scenes(seed: int, num_scenes: int, size: int, width: int = 160, height: int = 120,
+def from_scenes(seed: int, num_scenes: int, size: int, world: World = DEFAULT_WORLD,
                 margin: float = 0.0) -> Objects:
-    """The objects of ``num_scenes`` generated scenes (:mod:`loaders.synthetic`), rendered in
-    memory: scene i of ``seed`` is image i."""
-    from loaders.synthetic import CATEGORIES, make_scene, scene_seed
+    """The objects of ``num_scenes`` generated scenes of ``world`` (:mod:`loaders.synthetic`),
+    rendered in memory: scene i of ``seed`` is image i."""
 
     crops, labels, images = [], [], []
     for i in range(num_scenes):
-        scene, objects = make_scene(scene_seed(seed, i), width, height)
+        scene, objects = make_scene(scene_seed(seed, i), world)
         image = TF.pil_to_tensor(scene)
         for obj in objects:
             crops.append(cut(image, obj.box, size, margin))

@@ -10,7 +10,7 @@ lie on a cluttered background: a random colour field, irregular polygons and lin
 random colours. An image-level crop therefore usually mixes several objects and clutter, and
 object-level pairs have something to add.
 
-A scene is a pure function of (seed, index, size), so the world has as many images as asked
+A scene is a pure function of (seed, index, world), so the world has as many images as asked
 for: the training set, a disjoint probe set (another seed) and any number of fresh scenes.
 Ground truth is written in COCO instances format (boxes xywh in pixels, category ids 1..8), so
 mining purity, the object-level probe and detection run on it as on COCO.
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from orl_fast.core.config import ConfigError
+
 # category -> (shape, texture); the shapes and the textures are all different.
 KINDS = {
     "disc": ("disc", "dots"),
@@ -39,6 +41,32 @@ KINDS = {
     "hexagon": ("hexagon", "speckle"),
 }
 CATEGORIES = tuple(KINDS)
+
+
+@dataclass(frozen=True)
+class World:
+    """What the generated scenes look like; a scene is a pure function of (seed, index, world)."""
+
+    width: int = 160
+    height: int = 120
+    min_objects: int = 2
+    max_objects: int = 5
+    # the range of an object's side, as a fraction of the scene's shorter side
+    object_size: tuple[float, float] = (0.2, 0.5)
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height"):
+            if getattr(self, name) < 32:
+                raise ConfigError(f"{name}: must be at least 32 pixels, got {getattr(self, name)}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ConfigError(f"min_objects, max_objects: need 1 <= min_objects <= max_objects, "
+                              f"got {self.min_objects}, {self.max_objects}")
+        lo, hi = self.object_size
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"object_size: need 0 < low <= high <= 1, got {lo}, {hi}")
+
+
+DEFAULT_WORLD = World()
 
 
 @dataclass(frozen=True)
@@ -172,16 +200,17 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
-def make_scene(seed: int, width: int = 160, height: int = 120, max_objects: int = 5,
-               min_objects: int = 2) -> tuple[Image.Image, list[SceneObject]]:
+def make_scene(seed: int, world: World = DEFAULT_WORLD) -> tuple[Image.Image, list[SceneObject]]:
     """One scene and its objects; a pure function of the arguments."""
     rng = np.random.default_rng(seed)
+    width, height = world.width, world.height
     canvas = _background(rng, width, height)
     img = np.asarray(canvas, np.float32).copy()
     side = min(width, height)
-    lo, hi = max(16, side // 5), max(24, side // 2)
+    lo = min(side, max(16, int(side * world.object_size[0])))
+    hi = min(side, max(24, int(side * world.object_size[1])))
     objects: list[SceneObject] = []
-    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
+    for _ in range(int(rng.integers(world.min_objects, world.max_objects + 1))):
         category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
         shape, texture = KINDS[category]
         size = int(rng.integers(lo, hi + 1))
@@ -214,8 +243,8 @@ def scene_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
-def write_scenes(out_dir: str, n: int, seed: int = 0, width: int = 160, height: int = 120,
-                 quality: int = 90, max_objects: int = 5) -> str:
+def write_scenes(out_dir: str, n: int, seed: int = 0, world: World = DEFAULT_WORLD,
+                 quality: int = 90) -> str:
     """Write ``n`` scenes as JPEGs plus ``instances.json`` (COCO format); returns the image dir.
 
     Existing images are kept (the output is a pure function of the arguments)."""
@@ -226,13 +255,13 @@ def write_scenes(out_dir: str, n: int, seed: int = 0, width: int = 160, height: 
     for i in range(n):
         name = f"scene_{i:06d}.jpg"
         path = os.path.join(images_dir, name)
-        img, objects = make_scene(scene_seed(seed, i), width, height, max_objects)
+        img, objects = make_scene(scene_seed(seed, i), world)
         if not os.path.exists(path):
             tmp = path + ".tmp"
             img.save(tmp, format="JPEG", quality=quality)
             os.replace(tmp, path)
-        coco["images"].append({"id": i + 1, "file_name": f"images/{name}", "width": width,
-                               "height": height})
+        coco["images"].append({"id": i + 1, "file_name": f"images/{name}",
+                               "width": world.width, "height": world.height})
         for obj in objects:
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1, "image_id": i + 1,

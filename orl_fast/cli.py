@@ -113,13 +113,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
-    from loaders.synthetic import CATEGORIES, write_scenes
+    from loaders.synthetic import CATEGORIES, World, write_scenes
 
     out = args.out_dir or args.out
     if not out:
         raise ConfigError("out: required (the output directory: OUT or --out OUT)")
-    images = write_scenes(out, args.images, seed=args.seed, width=args.width,
-                          height=args.height, max_objects=args.max_objects)
+    world = World(args.width, args.height, args.min_objects, args.max_objects,
+                  tuple(args.object_size))
+    images = write_scenes(out, args.images, seed=args.seed, world=world)
     print(f"{args.images} scenes ({args.width}x{args.height}, categories "
           f"{', '.join(CATEGORIES)}): images in {images}, ground truth in "
           f"{os.path.join(out, 'instances.json')}")
@@ -341,7 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="world seed (default: %(default)s)")
     p.add_argument("--width", type=int, default=160, help="pixels (default: %(default)s)")
     p.add_argument("--height", type=int, default=120, help="pixels (default: %(default)s)")
+    p.add_argument("--min-objects", type=int, default=2, help="per scene (default: %(default)s)")
     p.add_argument("--max-objects", type=int, default=5, help="per scene (default: %(default)s)")
+    p.add_argument("--object-size", type=float, nargs=2, default=[0.2, 0.5], metavar=("LOW", "HIGH"),
+                   help="an object's side as a fraction of the scene's shorter side (default: "
+                        "0.2 0.5)")
     p.set_defaults(func=cmd_scenes)
 
     text = ("Images (a directory, a glob, a text file of paths, or a .tar; local or fsspec URL) "

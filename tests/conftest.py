@@ -48,7 +48,7 @@ def scene_shards(tmp_path_factory) -> tuple[str, str]:
     from orl_fast.core.defaults import IngestConfig
 
     root = tmp_path_factory.mktemp("scenes")
-    images = write_scenes(str(root / "scenes"), 48, seed=1, width=160, height=120)
+    images = write_scenes(str(root / "scenes"), 48, seed=1)
     out = str(root / "shards")
     ingest(images, out, IngestConfig(shard_size=24, workers=1), progress=False)
     return out, str(root / "scenes" / "instances.json")

@@ -130,3 +130,8 @@ def test_scenes_then_ingest_with_a_chosen_shard_size(tmp_path, capsys):
                  f"out={tmp_path / 's'}", "ingest.workers=2"]) == 0
     printed = capsys.readouterr().out
     assert '"shard_size": 32' in printed and '"shards": 2' in printed  # 40 images, 2 workers
+    # a world that cannot exist: one line naming the field, exit 2, nothing written
+    assert main(["scenes", str(tmp_path / "bad"), "--max-objects", "1"]) == 2
+    assert "min_objects, max_objects: need 1 <= min_objects <= max_objects, got 2, 1" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "bad").exists()

@@ -12,8 +12,8 @@ import torch
 from evaluation import backbones, objects
 from loaders.augment import blur_kernel
 from loaders.orl_samples import draw_photometric
-from loaders.synthetic import CATEGORIES, KINDS, make_scene, write_scenes
-from orl_fast.core.config import load_config
+from loaders.synthetic import CATEGORIES, KINDS, World, make_scene, write_scenes
+from orl_fast.core.config import ConfigError, load_config
 from orl_fast.core.defaults import AugmentConfig
 from orl_fast.core.models import (
     BYOL,
@@ -31,6 +31,30 @@ def test_scenes_are_pure_functions_of_the_seed_and_several_objects_each():
     counts = [len(make_scene(i)[1]) for i in range(60)]
     assert min(counts) >= 1 and np.mean(counts) > 2.5
     assert len({k[0] for k in KINDS.values()}) == len({k[1] for k in KINDS.values()}) == 8
+
+
+def test_world_sets_size_object_count_and_object_size():
+    world = World(200, 100, min_objects=1, max_objects=2, object_size=(0.6, 0.8))
+    for i in range(20):
+        scene, objs = make_scene(i, world)
+        assert scene.size == (200, 100) and 1 <= len(objs) <= 2
+        # the box is tight around the mask, which fills at least half of the placed side
+        assert all(30 <= max(o.box[2:]) <= 100 for o in objs)
+    big_sides = [max(o.box[2:]) for i in range(20) for o in make_scene(i, world)[1]]
+    default_sides = [max(o.box[2:]) for i in range(20) for o in make_scene(i)[1]]
+    assert max(default_sides) <= 74  # 0.5 x 120 x exp(0.2), the largest aspect jitter
+    assert np.mean(big_sides) > 1.5 * np.mean(default_sides)
+    assert make_scene(3, World())[1] == make_scene(3)[1]
+
+
+@pytest.mark.parametrize("kwargs, field", [({"width": 16}, "width"),
+                                           ({"min_objects": 3, "max_objects": 2}, "min_objects"),
+                                           ({"min_objects": 0}, "min_objects"),
+                                           ({"object_size": (0.5, 0.2)}, "object_size"),
+                                           ({"object_size": (0.2, 1.5)}, "object_size")])
+def test_world_rejects_bad_parameters_naming_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        World(**kwargs)
 
 
 def test_write_scenes_coco_ground_truth(tmp_path):
