@@ -10,7 +10,7 @@ import torch
 from orl_fast.core.config import load_config
 from orl_fast.core.losses import regression_loss
 from orl_fast.core.models import BYOL, MLP, ema_update_
-from orl_fast.training.engine import Schedule, make_optimizer
+from orl_fast.training.engine import Schedule, autocast_for, make_optimizer
 from orl_fast.training.schedules import ema_tau, learning_rate
 
 
@@ -169,3 +169,17 @@ def test_optimizer_weight_decay_groups():
     assert no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 1 for p in no_decay["params"])  # BN weights/biases
     assert all(p.dim() > 1 for p in decay["params"])
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, enabled", [(False, False, False), (True, False, True),
+                                                       (False, True, True)])
+def test_cpu_autocast_only_with_native_bf16(monkeypatch, avx512_bf16, amx, enabled):
+    """bf16 autocast on a CPU needs AVX512-BF16 or AMX: oneDNN's emulation on plain AVX-512
+    (which it reports as bf16 support) is 2.6x slower than fp32."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True,
+                        raising=False)
+    cpu = torch.device("cpu")
+    assert autocast_for("bf16", cpu)._enabled is enabled
+    assert autocast_for("fp32", cpu)._enabled is False
