@@ -28,26 +28,32 @@ training half of voc07 (the SVM's test half is left out).
     python benchmarks/learning.py world --device cuda --images 20000 --e1 100 --e3 100 \\
         --batch 256 --workers 8                                                     # one GPU
     python benchmarks/learning.py select --out benchmarks/out/learning-select      # the recipe
+    python benchmarks/learning.py objects --out benchmarks/out/learning-objects    # a study
 
 ``select`` trains seed 0 of each candidate recipe for Stage 1 only and scores it on a validation
 probe (scenes of yet another seed, never the test probe): the defaults of ``world`` are its
-winner. Each run writes ``results.json``, ``learning.png`` (probe vs steps, mean and the spread
-over seeds) and ``results.md`` (the table for benchmarks/RESULTS.md) in OUT; finished stages are
-skipped on a rerun (every stage resumes).
+winner. ``objects`` is a study of what the world teaches: BYOL (Stage 1 only) on the ground-truth
+object crops of the training scenes, one crop per image, no scene around it. In the generated
+world every run also probes the hue of the crops (``by_hue``), which never tells the category:
+what colour the features keep. Each run writes ``results.json``, ``learning.png`` (probe vs
+steps, mean and the spread over seeds) and ``results.md`` (the table for benchmarks/RESULTS.md)
+in OUT; finished stages are skipped on a rerun (every stage resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from bench_common import COCO_MINI, SHARED_DATA, machine
+from PIL import Image
 
 from evaluation import backbones, classification, datasets, objects
 from loaders.ingest import ingest
@@ -118,6 +124,23 @@ def world_data(out: Path, images: int, world: World) -> tuple[str, str]:
         ingest(src, str(shards), load_config("small", [
             f"ingest.shard_size={max(64, images // 8)}"]).ingest, progress=False)
     return str(shards), str(scenes / "instances.json")
+
+
+def object_crops_data(out: Path, images: int, world: World, size: int = 96) -> str:
+    """The ground-truth object crops of the training scenes (``size`` px squares) in shards: what
+    the ``objects`` mode trains on."""
+    shards = out / "data" / "object-shards"
+    if not (shards / "index.json").exists():
+        crops = out / "data" / "object-crops"
+        crops.mkdir(parents=True, exist_ok=True)
+        objs = objects.from_scenes(DATA_SEED, images, size, world)
+        for i, crop in enumerate(objs.crops):
+            path = crops / f"object_{i:06d}.jpg"
+            if not path.exists():
+                Image.fromarray(crop.permute(1, 2, 0).numpy()).save(path, quality=90)
+        ingest(str(crops), str(shards), load_config("small", [
+            f"ingest.shard_size={max(64, len(objs) // 8)}"]).ingest, progress=False)
+    return str(shards)
 
 
 def world_probe(seed: int, scenes: int, size: int, world: World
@@ -236,6 +259,24 @@ def probe(w, objs: tuple[objects.Objects, objects.Objects], ec) -> dict:
     return objects.evaluate(w, *objs, ec)
 
 
+HUE_BINS = 6
+
+
+def by_hue(objs: objects.Objects) -> objects.Objects:
+    """The same crops labelled by the hue of their mean colour (HUE_BINS bins): a probe of how
+    much colour the features keep, which in the generated world says nothing of the category."""
+    rgb = objs.crops.float().mean((2, 3)).numpy() / 255
+    hue = np.array([colorsys.rgb_to_hsv(*c)[0] for c in rgb])
+    labels = (hue * HUE_BINS).astype(np.int64) % HUE_BINS
+    return objects.Objects(objs.crops, labels, objs.images,
+                           tuple(f"hue {i}/{HUE_BINS}" for i in range(HUE_BINS)))
+
+
+def hue_probe(w, objs: tuple[objects.Objects, objects.Objects], ec) -> dict:
+    """kNN / linear balanced accuracy (%) of the hue bin of the probe's crops (chance 1/6)."""
+    return objects.evaluate(w, by_hue(objs[0]), by_hue(objs[1]), ec)
+
+
 def voc07_svm(ckpt: str, recipe: Recipe, out: Path) -> float:
     """VOC07 SVM mAP (11-point, %) of a checkpoint at the training resolution on voc07's
     held-out half (seed 0: the half pre-training never sees). Centre crops, global pooling and
@@ -271,6 +312,10 @@ def run_seed(mode: str, recipe: Recipe, data: dict, out: Path, seed: int, ec,
         rnd, training_views(shards, 512, recipe.crop, seed)), data["objects"], ec)
     res["stage1"] = [(step, probe(backbones.load(p), data["objects"], ec))
                      for step, p in checkpoints(s1)]
+    if data.get("hue"):
+        res["hue"] = {"random": hue_probe(rnd, data["objects"], ec),
+                      "stage1": hue_probe(backbones.load(checkpoints(s1)[-1][1]),
+                                          data["objects"], ec)}
     if "orl" in arms:
         t = time.time()
         mined = out / f"seed{seed}" / "mined"
@@ -326,6 +371,9 @@ def summarise(results: list[dict], arms: tuple[str, ...]) -> dict:
     if "voc07" in results[0]:
         table["voc07"] = {name: stats([r["voc07"][name] for r in results])
                           for name in results[0]["voc07"]}
+    if "hue" in results[0]:
+        table["hue"] = {name: {m: stats([r["hue"][name][m] for r in results])
+                               for m in ("knn", "linear")} for name in ("random", "stage1")}
     return table
 
 
@@ -336,21 +384,23 @@ def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = {"byol": "tab:blue", "orl": "tab:red"}
+    colours = {"byol": "tab:blue", "orl": "tab:red", "stage1": "tab:blue"}
     for ax, metric in zip(axes, ("knn", "linear")):
         for key, colour, label in (("random", "grey", "random init"),
                                    ("random_bn", "tab:green", "random init, BN re-estimated")):
             rnd = np.array([r[key][metric] for r in results])
             ax.axhspan(rnd.mean() - rnd.std(), rnd.mean() + rnd.std(), color=colour, alpha=0.2)
             ax.axhline(rnd.mean(), color=colour, lw=1, ls="--", label=label)
-        for arm in arms:
+        for arm in arms or ("stage1",):
             curves = [[(0, r["random"][metric])] + [(s, p[metric]) for s, p in r["stage1"]]
-                      + [(r["stage1"][-1][0] + s, p[metric]) for s, p in r[arm]]
+                      + [(r["stage1"][-1][0] + s, p[metric]) for s, p in r.get(arm, [])
+                         if arm != "stage1"]
                       for r in results]
             steps = np.array([s for s, _ in curves[0]])
             vals = np.array([[v for _, v in c] for c in curves])
             m, sd = vals.mean(0), vals.std(0)
-            label = {"byol": "BYOL", "orl": "ORL (Stage 3 after Stage 1 + mining)"}[arm]
+            label = {"byol": "BYOL", "orl": "ORL (Stage 3 after Stage 1 + mining)",
+                     "stage1": "BYOL (Stage 1)"}[arm]
             ax.plot(steps, m, color=colours[arm], label=label)
             ax.fill_between(steps, m - sd, m + sd, color=colours[arm], alpha=0.2)
         end1 = results[0]["stage1"][-1][0]
@@ -391,10 +441,15 @@ def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
     if "voc07" in table:
         lines += ["", "| weights | VOC07 SVM mAP (%) |", "|---|---:|"]
         lines += [f"| {names.get(k, k)} | {fmt(v)} |" for k, v in table["voc07"].items()]
+    if "hue" in table:
+        lines += ["", f"| weights | hue of the object crop, {HUE_BINS} bins: kNN (%) | linear (%) |",
+                  "|---|---:|---:|"]
+        lines += [f"| {names[{'random': 'random init'}.get(k, k)]} | {fmt(v['knn'])} | "
+                  f"{fmt(v['linear'])} |" for k, v in table["hue"].items()]
     return "\n".join(lines) + "\n"
 
 
-# select: name -> changes to the recipe, or "world": another generated world (Stage 1 only, seed 0,
+# select: name -> changes to the recipe, or "world": changes to the generated world (Stage 1 only, seed 0,
 # the validation probe)
 CANDIDATES: dict[str, dict] = {
     "base": {},
@@ -406,7 +461,7 @@ CANDIDATES: dict[str, dict] = {
     "crop 96": {"crop": 96, "patch": 48},
     "small stem, crop 32": {"stem": "small", "crop": 32, "patch": 16},
     "no blur scaling": {"extra": ["aug.blur_reference_size=0"]},
-    "big objects": {"world": World(min_objects=1, max_objects=3, object_size=(0.35, 0.7))},
+    "big objects": {"world": {"min_objects": 1, "max_objects": 3, "object_size": (0.35, 0.7)}},
     "4x the steps (E1 32)": {"e1": 32},
 }
 
@@ -417,7 +472,7 @@ def select(recipe: Recipe, world: World, out: Path, images: int, probe_scenes: i
     rows: dict = {}
     for name in names:
         change = dict(CANDIDATES[name])
-        cand_world = change.pop("world", world)
+        cand_world = replace(world, **change.pop("world", {}))
         extra = [*recipe.extra, *change.pop("extra", [])]
         cand = Recipe(**{**vars(recipe), **change, "extra": extra})
         run_dir = out / "".join(c if c.isalnum() else "_" for c in name)
@@ -480,7 +535,7 @@ def select_markdown(rows: dict, header: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["world", "real", "select"])
+    ap.add_argument("mode", choices=["world", "objects", "real", "select"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--images", type=int, default=2000, help="world: generated training scenes")
@@ -490,6 +545,8 @@ def main() -> None:
     ap.add_argument("--object-size", type=float, nargs=2, default=[0.2, 0.5],
                     metavar=("LOW", "HIGH"), help="world: an object's side as a fraction of the "
                     "scene's shorter side (default: 0.2 0.5)")
+    ap.add_argument("--colours", default="scene", choices=["scene", "object", "pair"],
+                    help="world: the colour model (loaders.synthetic.World.colours)")
     ap.add_argument("--candidates", nargs="+", metavar="NAME",
                     help=f"select: the candidates to train (default: all of {list(CANDIDATES)})")
     for name, value in vars(Recipe()).items():
@@ -501,7 +558,7 @@ def main() -> None:
     recipe = Recipe(**{k: getattr(args, k) for k in vars(Recipe()) if k != "extra"},
                     extra=args.overrides)
     world = World(min_objects=args.objects[0], max_objects=args.objects[1],
-                  object_size=tuple(args.object_size))
+                  object_size=tuple(args.object_size), colours=args.colours)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -527,22 +584,28 @@ def main() -> None:
         print(f"plot: {out / 'select.png'}")
         return
 
+    arms: tuple[str, ...] = ("byol", "orl")
     if args.mode == "world":
         shards, instances = world_data(out, args.images, world)
-        data = {"shards": shards, "instances": instances,
+        data = {"shards": shards, "instances": instances, "hue": True,
                 "objects": world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world)}
-        title = f"generated world, {args.images} scenes"
+        title = f"generated world ({world.colours} colours), {args.images} scenes"
+    elif args.mode == "objects":
+        data = {"shards": object_crops_data(out, args.images, world), "hue": True,
+                "objects": world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world)}
+        title = (f"BYOL on the object crops of {args.images} generated scenes "
+                 f"({world.colours} colours)")
+        arms = ()
     else:
         data = real_data(out, recipe.crop)
         title = f"coco-mini + voc07, {data['pretrain_images']} images"
-    arms = ("byol", "orl")
     results = []
     for seed in args.seeds:
         r = run_seed(args.mode, recipe, data, out, seed, ec, arms)
         results.append(r)
-        print(f"[learning] seed {seed}: random kNN {r['random']['knn']:.1f} | stage1 "
-              f"{r['stage1'][-1][1]['knn']:.1f} | BYOL {r['byol'][-1][1]['knn']:.1f} | ORL "
-              f"{r['orl'][-1][1]['knn']:.1f}  ({r['seconds']['total']:.0f} s)", flush=True)
+        finals = " | ".join(f"{name} {r[name][-1][1]['knn']:.1f}" for name in ("stage1", *arms))
+        print(f"[learning] seed {seed} kNN: random {r['random']['knn']:.1f} | {finals}  "
+              f"({r['seconds']['total']:.0f} s)", flush=True)
     table = summarise(results, arms)
     m = machine()
     header = (f"{title}; {m['date']}, {m['machine']}, torch {m['torch']}; recipe "

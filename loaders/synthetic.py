@@ -2,13 +2,24 @@
 and its texture, never its colour (the demo, the learning protocol, tests and benchmarks).
 
 Each of the eight categories pairs one shape with one texture (a disc of dots, a square of
-checks, a triangle of horizontal stripes, ...). Every object gets two random colours (the
-texture's ink and paper), so colour carries no information about the category: features that
-see mostly colour, as a randomly initialised network's do, cannot tell the categories apart,
-while features invariant to BYOL's colour augmentations can. Objects (2-5 per scene by default)
-lie on a cluttered background: a random colour field, irregular polygons and line segments in
-random colours. An image-level crop therefore usually mixes several objects and clutter, and
-object-level pairs have something to add.
+checks, a triangle of horizontal stripes, ...). Objects (2-5 per scene by default) lie on a
+cluttered background: a colour field, irregular polygons and line segments. An image-level crop
+therefore usually mixes several objects and clutter, and object-level pairs have something to
+add. Colour never carries the category; how it is drawn is ``World.colours``:
+
+- ``scene`` (the default): every object of a scene in a dark and a light shade (the texture's ink
+  and paper) of the scene's one hue, on a muted background;
+- ``object``: the same with one random hue per object;
+- ``pair``: two random hues per object on a saturated background.
+
+Why: BYOL's colour jitter turns all hues of a view by the same angle, so the hue difference
+between two colours survives it. With two random hues per object (``pair``) that difference is
+an augmentation-proof fingerprint of each object, and image-level training learns it instead of
+shapes and textures: BYOL trained on the object crops of that world scored near chance on the
+category while its features told hues apart better than a random network's. With one hue per
+object the fingerprint moves to the hue differences between the objects of a scene; with one hue
+per scene no colour difference is left to tell objects apart (benchmarks/RESULTS.md, "Does
+training learn?").
 
 A scene is a pure function of (seed, index, world), so the world has as many images as asked
 for: the training set, a disjoint probe set (another seed) and any number of fresh scenes.
@@ -23,6 +34,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -53,6 +65,11 @@ class World:
     max_objects: int = 5
     # the range of an object's side, as a fraction of the scene's shorter side
     object_size: tuple[float, float] = (0.2, 0.5)
+    # Colours (never the category's): "scene", every object in shades of one hue per scene on a
+    # muted background; "object", shades of one hue per object; "pair", two random hues per
+    # object on a saturated background (this world's first colour model, kept for the study
+    # in the module's docstring).
+    colours: Literal["scene", "object", "pair"] = "scene"
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -64,6 +81,8 @@ class World:
         lo, hi = self.object_size
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"object_size: need 0 < low <= high <= 1, got {lo}, {hi}")
+        if self.colours not in ("scene", "object", "pair"):
+            raise ConfigError(f"colours: one of scene, object, pair, got {self.colours!r}")
 
 
 DEFAULT_WORLD = World()
@@ -75,19 +94,28 @@ class SceneObject:
     box: tuple[int, int, int, int]  # x, y, w, h (tight around the object's mask)
 
 
-def _colour(rng: np.random.Generator) -> np.ndarray:
-    """A random, fairly saturated RGB colour (uniform hue)."""
-    h, s, v = rng.random(), rng.uniform(0.35, 1.0), rng.uniform(0.35, 1.0)
+def _colour(rng: np.random.Generator, hue: float | None = None,
+            saturation: tuple[float, float] = (0.35, 1.0),
+            value: tuple[float, float] = (0.35, 1.0)) -> np.ndarray:
+    """A random RGB colour (uniform hue unless given)."""
+    h = rng.random() if hue is None else hue
+    s, v = rng.uniform(*saturation), rng.uniform(*value)
     return np.array(colorsys.hsv_to_rgb(h, s, v), np.float32) * 255
 
 
-def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Ink and paper colours far enough apart in brightness or hue for the texture to show."""
-    for _ in range(16):
-        a, b = _colour(rng), _colour(rng)
-        if np.abs(a - b).sum() > 180:
-            return a, b
-    return a, 255 - a
+def _ink_and_paper(rng: np.random.Generator, hue: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """An object's two colours: a dark and a light shade of ``hue`` in random order, or (None)
+    two random colours far enough apart for the texture to show."""
+    if hue is None:
+        for _ in range(16):
+            a, b = _colour(rng), _colour(rng)
+            if np.abs(a - b).sum() > 180:
+                return a, b
+        return a, 255 - a
+    saturation = rng.uniform(0.35, 1.0)
+    dark = _colour(rng, hue, (saturation, saturation), (0.15, 0.45))
+    light = _colour(rng, hue, (0.2 * saturation, saturation), (0.65, 1.0))
+    return (dark, light) if rng.random() < 0.5 else (light, dark)
 
 
 def _texture(rng: np.random.Generator, kind: str, w: int, h: int) -> np.ndarray:
@@ -168,12 +196,18 @@ def _mask(shape: str, w: int, h: int) -> np.ndarray:
     return np.asarray(m, np.float32) / 255
 
 
-def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    """A random colour field with irregular polygons and line segments in random colours."""
-    coarse = rng.random((4, 5, 3)).astype(np.float32)
+def _background(rng: np.random.Generator, w: int, h: int, muted: bool) -> Image.Image:
+    """A colour field with irregular polygons and line segments, in ``muted`` colours (saturation
+    <= 0.3: no hue pairs for views to be matched by) or fairly saturated ones."""
+    if muted:
+        coarse = np.stack([_colour(rng, saturation=(0.0, 0.3)) for _ in range(20)]
+                          ).reshape(4, 5, 3) / 255
+    else:
+        coarse = rng.random((4, 5, 3)).astype(np.float32)
+    muted = {"saturation": (0.0, 0.3)} if muted else {}
     field = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize(
         (w, h), Image.BICUBIC), np.float32)
-    base = _colour(rng)
+    base = _colour(rng, **muted)
     img = np.clip(0.55 * base + 0.45 * field + rng.normal(0, 8, (h, w, 3)), 0, 255)
     canvas = Image.fromarray(img.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
@@ -185,10 +219,10 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
         radii = rng.uniform(0.05, 0.22, n) * side
         draw.polygon([(cx + r * math.cos(a), cy + r * math.sin(a))
                       for a, r in zip(angles, radii)],
-                     fill=tuple(int(c) for c in _colour(rng)))
+                     fill=tuple(int(c) for c in _colour(rng, **muted)))
     for _ in range(int(rng.integers(2, 6))):
         x0, y0, x1, y1 = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)
-        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(c) for c in _colour(rng)),
+        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(c) for c in _colour(rng, **muted)),
                   width=int(rng.integers(1, 4)))
     return canvas
 
@@ -204,12 +238,13 @@ def make_scene(seed: int, world: World = DEFAULT_WORLD) -> tuple[Image.Image, li
     """One scene and its objects; a pure function of the arguments."""
     rng = np.random.default_rng(seed)
     width, height = world.width, world.height
-    canvas = _background(rng, width, height)
+    canvas = _background(rng, width, height, muted=world.colours != "pair")
     img = np.asarray(canvas, np.float32).copy()
     side = min(width, height)
     lo = min(side, max(16, int(side * world.object_size[0])))
     hi = min(side, max(24, int(side * world.object_size[1])))
     objects: list[SceneObject] = []
+    scene_hue = rng.random() if world.colours == "scene" else None
     for _ in range(int(rng.integers(world.min_objects, world.max_objects + 1))):
         category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
         shape, texture = KINDS[category]
@@ -223,7 +258,8 @@ def make_scene(seed: int, world: World = DEFAULT_WORLD) -> tuple[Image.Image, li
                 break
         else:
             continue
-        ink, paper = _colour_pair(rng)
+        hue = rng.random() if world.colours == "object" else scene_hue
+        ink, paper = _ink_and_paper(rng, hue)
         t = _texture(rng, texture, w, h)[..., None]
         patch = ink * t + paper * (1 - t)
         alpha = _mask(shape, w, h)[..., None]

@@ -4,6 +4,7 @@ collapse monitors, the small-input stem and the blur that scales with the crop s
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -47,11 +48,52 @@ def test_world_sets_size_object_count_and_object_size():
     assert make_scene(3, World())[1] == make_scene(3)[1]
 
 
+def _object_hues(scene, objs) -> list[float]:
+    """The median hue of each object's saturated pixels (its ink and paper)."""
+    import colorsys
+
+    rgb = np.asarray(scene, np.float32) / 255
+    hues = []
+    for o in objs:
+        x, y, w, h = o.box
+        px = rgb[y + h // 4:y + 3 * h // 4, x + w // 4:x + 3 * w // 4].reshape(-1, 3)
+        hsv = np.array([colorsys.rgb_to_hsv(*p) for p in px])
+        hues.append(float(np.median(hsv[hsv[:, 1] > 0.3, 0])) if (hsv[:, 1] > 0.3).sum() > 5
+                    else float("nan"))
+    return hues
+
+
+def _hue_spread(hues: list[float]) -> float:
+    """Largest circular distance between two hues (0..0.5)."""
+    h = [v for v in hues if not math.isnan(v)]
+    return max((min(abs(a - b), 1 - abs(a - b)) for a in h for b in h), default=0.0)
+
+
+def test_colour_models_of_the_world():
+    """"scene": all objects of a scene in shades of one hue; "object": one hue per object
+    (hues differ across a scene's objects); ink and paper a dark and a light shade."""
+    import colorsys
+
+    from loaders.synthetic import _ink_and_paper
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = _ink_and_paper(rng, 0.3)
+        ha, hb = (colorsys.rgb_to_hsv(*(c / 255))[0] for c in (a, b))
+        assert ha == pytest.approx(0.3, abs=0.01) and hb == pytest.approx(0.3, abs=0.01)
+        assert abs(colorsys.rgb_to_hsv(*(a / 255))[2] - colorsys.rgb_to_hsv(*(b / 255))[2]) > 0.2
+    spread = {c: [_hue_spread(_object_hues(*make_scene(i, World(colours=c))))
+                  for i in range(30)] for c in ("scene", "object")}
+    assert max(spread["scene"]) < 0.06
+    assert np.mean(spread["object"]) > 0.2
+
+
 @pytest.mark.parametrize("kwargs, field", [({"width": 16}, "width"),
                                            ({"min_objects": 3, "max_objects": 2}, "min_objects"),
                                            ({"min_objects": 0}, "min_objects"),
                                            ({"object_size": (0.5, 0.2)}, "object_size"),
-                                           ({"object_size": (0.2, 1.5)}, "object_size")])
+                                           ({"object_size": (0.2, 1.5)}, "object_size"),
+                                           ({"colours": "rainbow"}, "colours")])
 def test_world_rejects_bad_parameters_naming_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=f"^{field}"):
         World(**kwargs)
