@@ -367,7 +367,8 @@ def summarise(results: list[dict], arms: tuple[str, ...]) -> dict:
     for key in ("purity", "purity_random_init"):
         if key in results[0]:
             table[key] = {m: stats([r[key][m] for r in results])
-                          for m in ("pair_purity", "random_pair_purity", "box_gt_match")}
+                          for m in ("pair_purity", "random_pair_purity", "pair_objects",
+                                    "random_pair_objects", "box_gt_match")}
     if "voc07" in results[0]:
         table["voc07"] = {name: stats([r["voc07"][name] for r in results])
                           for name in results[0]["voc07"]}
@@ -409,15 +410,17 @@ def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> 
         ax.set_ylabel(f"object probe, {metric} balanced accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"{title}: mean and std over {len(results)} seeds")
+    seeds = f"{len(results)} seeds" if len(results) > 1 else "1 seed (no spread)"
+    fig.suptitle(f"{title}: mean and std over {seeds}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
-    def fmt(s: dict) -> str:
-        return f"{s['mean']:.1f} ± {s['std']:.1f}"
+    def fmt(s: dict, digits: int = 1) -> str:
+        spread = f" ± {s['std']:.{digits}f}" if len(s["values"]) > 1 else ""
+        return f"{s['mean']:.{digits}f}{spread}"
 
     names = {"random init": "random init (as initialised)",
              "random init, BN re-estimated": "random init, BN statistics of the training views",
@@ -430,14 +433,16 @@ def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
         lines.append(f"| {names[name]} | {fmt(t['knn'])} | {fmt(t['linear'])} | "
                      f"{t['effective_rank']['mean']:.0f} |")
     if "purity" in table:
-        head = "| mining with | pair purity | random pairs of kept boxes | kept boxes on objects |"
-        lines += ["", head, "|---|---:|---:|---:|"]
+        head = ("| mining with | pair purity | random pairs of kept boxes | both boxes on objects "
+                "(random pairs) | kept boxes on objects |")
+        lines += ["", head, "|---|---:|---:|---:|---:|"]
         for key, name in (("purity", "trained Stage 1"),
                           ("purity_random_init", "random-init Stage 1")):
             t = table[key]
-            lines.append(f"| {name} | {t['pair_purity']['mean']:.3f} ± "
-                         f"{t['pair_purity']['std']:.3f} | {t['random_pair_purity']['mean']:.3f} "
-                         f"| {t['box_gt_match']['mean']:.3f} |")
+            lines.append(f"| {name} | {fmt(t['pair_purity'], 3)} | "
+                         f"{t['random_pair_purity']['mean']:.3f} | "
+                         f"{fmt(t['pair_objects'], 3)} ({t['random_pair_objects']['mean']:.3f}) | "
+                         f"{t['box_gt_match']['mean']:.3f} |")
     if "voc07" in table:
         lines += ["", "| weights | VOC07 SVM mAP (%) |", "|---|---:|"]
         lines += [f"| {names.get(k, k)} | {fmt(v)} |" for k, v in table["voc07"].items()]
@@ -611,7 +616,7 @@ def main() -> None:
     header = (f"{title}; {m['date']}, {m['machine']}, torch {m['torch']}; recipe "
               f"{recipe.backbone} ({recipe.stem} stem), {recipe.crop} px views / {recipe.patch} "
               f"px patches, batch {recipe.batch}, base lr {recipe.base_lr}, E1 {recipe.e1}, E3 "
-              f"{recipe.e3}; seeds {args.seeds}; {time.time() - t0:.0f} s in all")
+              f"{recipe.e3 if arms else '-'}; seeds {args.seeds}; {time.time() - t0:.0f} s in all")
     md = markdown(table, arms, header)
     (out / "results.json").write_text(json.dumps({**m, "mode": args.mode, "recipe": vars(recipe),
                                                   "seconds": round(time.time() - t0, 1),

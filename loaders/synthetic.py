@@ -199,15 +199,14 @@ def _mask(shape: str, w: int, h: int) -> np.ndarray:
 def _background(rng: np.random.Generator, w: int, h: int, muted: bool) -> Image.Image:
     """A colour field with irregular polygons and line segments, in ``muted`` colours (saturation
     <= 0.3: no hue pairs for views to be matched by) or fairly saturated ones."""
+    tone = {"saturation": (0.0, 0.3)} if muted else {}
     if muted:
-        coarse = np.stack([_colour(rng, saturation=(0.0, 0.3)) for _ in range(20)]
-                          ).reshape(4, 5, 3) / 255
+        coarse = np.stack([_colour(rng, **tone) for _ in range(20)]).reshape(4, 5, 3) / 255
     else:
         coarse = rng.random((4, 5, 3)).astype(np.float32)
-    muted = {"saturation": (0.0, 0.3)} if muted else {}
     field = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize(
         (w, h), Image.BICUBIC), np.float32)
-    base = _colour(rng, **muted)
+    base = _colour(rng, **tone)
     img = np.clip(0.55 * base + 0.45 * field + rng.normal(0, 8, (h, w, 3)), 0, 255)
     canvas = Image.fromarray(img.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
@@ -219,10 +218,10 @@ def _background(rng: np.random.Generator, w: int, h: int, muted: bool) -> Image.
         radii = rng.uniform(0.05, 0.22, n) * side
         draw.polygon([(cx + r * math.cos(a), cy + r * math.sin(a))
                       for a, r in zip(angles, radii)],
-                     fill=tuple(int(c) for c in _colour(rng, **muted)))
+                     fill=tuple(int(c) for c in _colour(rng, **tone)))
     for _ in range(int(rng.integers(2, 6))):
         x0, y0, x1, y1 = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)
-        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(c) for c in _colour(rng, **muted)),
+        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(c) for c in _colour(rng, **tone)),
                   width=int(rng.integers(1, 4)))
     return canvas
 
