@@ -119,7 +119,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
     if not out:
         raise ConfigError("out: required (the output directory: OUT or --out OUT)")
     world = World(args.width, args.height, args.min_objects, args.max_objects,
-                  tuple(args.object_size))
+                  tuple(args.object_size), args.colours)
     images = write_scenes(out, args.images, seed=args.seed, world=world)
     print(f"{args.images} scenes ({args.width}x{args.height}, categories "
           f"{', '.join(CATEGORIES)}): images in {images}, ground truth in "
@@ -347,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-size", type=float, nargs=2, default=[0.2, 0.5], metavar=("LOW", "HIGH"),
                    help="an object's side as a fraction of the scene's shorter side (default: "
                         "0.2 0.5)")
+    p.add_argument("--colours", default="scene", choices=["scene", "object", "pair"],
+                   help="one hue per scene (default), per object, or two random hues per object "
+                        "(colour never tells the category)")
     p.set_defaults(func=cmd_scenes)
 
     text = ("Images (a directory, a glob, a text file of paths, or a .tar; local or fsspec URL) "

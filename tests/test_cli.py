@@ -135,3 +135,17 @@ def test_scenes_then_ingest_with_a_chosen_shard_size(tmp_path, capsys):
     assert "min_objects, max_objects: need 1 <= min_objects <= max_objects, got 2, 1" in (
         capsys.readouterr().err)
     assert not (tmp_path / "bad").exists()
+
+
+def test_scenes_take_the_colour_model(tmp_path):
+    from loaders.synthetic import World, write_scenes
+
+    assert main(["scenes", str(tmp_path / "cli"), "--images", "2", "--colours", "object"]) == 0
+    write_scenes(str(tmp_path / "object"), 2, world=World(colours="object"))
+    write_scenes(str(tmp_path / "scene"), 2)
+    name = min(os.listdir(tmp_path / "cli" / "images"))
+
+    def read(world: str) -> bytes:
+        return (tmp_path / world / "images" / name).read_bytes()
+
+    assert read("cli") == read("object") != read("scene")
