@@ -447,15 +447,15 @@ def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
         lines += ["", "| weights | VOC07 SVM mAP (%) |", "|---|---:|"]
         lines += [f"| {names.get(k, k)} | {fmt(v)} |" for k, v in table["voc07"].items()]
     if "hue" in table:
-        lines += ["", f"| weights | hue of the object crop, {HUE_BINS} bins: kNN (%) | linear (%) |",
-                  "|---|---:|---:|"]
+        head = f"| weights | hue of the object crop, {HUE_BINS} bins: kNN (%) | linear (%) |"
+        lines += ["", head, "|---|---:|---:|"]
         lines += [f"| {names[{'random': 'random init'}.get(k, k)]} | {fmt(v['knn'])} | "
                   f"{fmt(v['linear'])} |" for k, v in table["hue"].items()]
     return "\n".join(lines) + "\n"
 
 
-# select: name -> changes to the recipe, or "world": changes to the generated world (Stage 1 only, seed 0,
-# the validation probe)
+# select: name -> changes to the recipe, or "world": changes to the generated world (Stage 1 only,
+# seed 0, the validation probe)
 CANDIDATES: dict[str, dict] = {
     "base": {},
     "base lr 0.8": {"base_lr": 0.8},
