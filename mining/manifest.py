@@ -121,6 +121,17 @@ class Plan:
     def read_record(self, stage: str, sid: int) -> dict:
         return storage.read_json(self.record_url(stage, sid))
 
+    def forget_other_settings(self, stage: str, sids: set[int]) -> None:
+        """Remove the records of other hashes of these shards' ``stage`` units: they are about to
+        be redone, and the output they described will be overwritten (else going back to that
+        setting would count the other setting's output as its own)."""
+        url = storage.join(self.out, UNITS_DIR, stage)
+        mine = {self._record_name(stage, sid) for sid in sids}
+        prefixes = tuple(f"{sid:06d}." for sid in sids)
+        for name in storage.listdir(url):
+            if name.startswith(prefixes) and name not in mine:
+                storage.remove(storage.join(url, name))
+
     def done(self, stage: str) -> set[int]:
         """Shards whose ``stage`` unit finished with the current hash (record and output exist)."""
         records = set(storage.listdir(storage.join(self.out, UNITS_DIR, stage)))

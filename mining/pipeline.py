@@ -240,6 +240,8 @@ class Scheduler:
         self.plan, self.ex = plan, executor
         self.done = {stage: plan.done(stage) for stage in STAGES}
         self.todo = {stage: set(plan.shard_ids) - self.done[stage] for stage in STAGES}
+        for stage, sids in self.todo.items():
+            plan.forget_other_settings(stage, sids)
         self.skipped = {stage: len(self.done[stage]) for stage in STAGES}
         self.ready_cpu: collections.deque = collections.deque()
         self.ready_model: collections.deque = collections.deque()

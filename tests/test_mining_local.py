@@ -114,6 +114,23 @@ def test_changing_topn_redoes_only_the_pairs(mined, scene_shards, ckpt, tmp_path
     assert summary["pairs"]["pairs"] > mined[1]["pairs"]["pairs"]
 
 
+def test_back_to_an_earlier_setting_redoes_its_units(mined, scene_shards, ckpt, tmp_path):
+    """top-n 0.3, then the original setting again in the same out: the outputs are the original
+    setting's, not the last run's (the records of a setting whose outputs were since overwritten
+    do not count as done)."""
+    out = str(tmp_path / "copy")
+    shutil.copytree(mined[0], out)
+    before = output_digests(out)
+    pipeline.run(mine_config(scene_shards[0], ckpt, out, *SCENES,
+                             "mine.topn_frac=0.3"), progress=False)
+    assert output_digests(out) != before
+    pipeline.run(mine_config(scene_shards[0], ckpt, out, *SCENES), progress=False)
+    with open(os.path.join(out, "manifest.json")) as f:
+        skipped = json.load(f)["runs"][-1]["units_skipped"]
+    assert skipped == {"embed": 2, "proposals": 2, "knn": 2, "roi": 2, "pairs": 0}
+    assert output_digests(out) == before
+
+
 def test_undecodable_images_are_counted_not_fatal(scene_shards, ckpt, tmp_path):
     """One bad image in shard 0, shard 1 entirely bad: counted, no records, nothing crashes."""
     shards = str(tmp_path / "shards")
