@@ -57,7 +57,7 @@ from PIL import Image
 
 from evaluation import backbones, classification, datasets, objects
 from loaders.ingest import ingest
-from loaders.synthetic import World, write_scenes
+from loaders.synthetic import COLOURS, World, write_scenes
 from mining import pipeline
 from mining.purity import pair_purity
 from orl_fast.core import checkpoint
@@ -373,8 +373,9 @@ def summarise(results: list[dict], arms: tuple[str, ...]) -> dict:
         table["voc07"] = {name: stats([r["voc07"][name] for r in results])
                           for name in results[0]["voc07"]}
     if "hue" in results[0]:
-        table["hue"] = {name: {m: stats([r["hue"][name][m] for r in results])
-                               for m in ("knn", "linear")} for name in ("random", "stage1")}
+        table["hue"] = {name: {m: stats([r["hue"][key][m] for r in results])
+                               for m in ("knn", "linear")}
+                        for key, name in (("random", "random init"), ("stage1", "stage1"))}
     return table
 
 
@@ -449,7 +450,7 @@ def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
     if "hue" in table:
         head = f"| weights | hue of the object crop, {HUE_BINS} bins: kNN (%) | linear (%) |"
         lines += ["", head, "|---|---:|---:|"]
-        lines += [f"| {names[{'random': 'random init'}.get(k, k)]} | {fmt(v['knn'])} | "
+        lines += [f"| {names[k]} | {fmt(v['knn'])} | "
                   f"{fmt(v['linear'])} |" for k, v in table["hue"].items()]
     return "\n".join(lines) + "\n"
 
@@ -550,7 +551,7 @@ def main() -> None:
     ap.add_argument("--object-size", type=float, nargs=2, default=[0.2, 0.5],
                     metavar=("LOW", "HIGH"), help="world: an object's side as a fraction of the "
                     "scene's shorter side (default: 0.2 0.5)")
-    ap.add_argument("--colours", default="scene", choices=["scene", "object", "pair"],
+    ap.add_argument("--colours", default="scene", choices=COLOURS,
                     help="world: the colour model (loaders.synthetic.World.colours)")
     ap.add_argument("--candidates", nargs="+", metavar="NAME",
                     help=f"select: the candidates to train (default: all of {list(CANDIDATES)})")

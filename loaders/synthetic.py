@@ -17,8 +17,8 @@ between two colours survives it. With two random hues per object (``pair``) that
 an augmentation-proof fingerprint of each object, and image-level training learns it instead of
 shapes and textures: BYOL trained on the object crops of that world scored near chance on the
 category while its features told hues apart better than a random network's. With one hue per
-object the fingerprint moves to the hue differences between the objects of a scene; with one hue
-per scene no colour difference is left to tell objects apart (benchmarks/RESULTS.md, "Does
+object the fingerprint likely moves to the hue differences between the objects of a scene (the
+features still collapse); with one hue per scene no colour difference is left to tell objects apart (benchmarks/RESULTS.md, "Does
 training learn?").
 
 A scene is a pure function of (seed, index, world), so the world has as many images as asked
@@ -34,7 +34,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -53,6 +53,8 @@ KINDS = {
     "hexagon": ("hexagon", "speckle"),
 }
 CATEGORIES = tuple(KINDS)
+Colours = Literal["scene", "object", "pair"]
+COLOURS: tuple[str, ...] = get_args(Colours)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class World:
     # muted background; "object", shades of one hue per object; "pair", two random hues per
     # object on a saturated background (this world's first colour model, kept for the study
     # in the module's docstring).
-    colours: Literal["scene", "object", "pair"] = "scene"
+    colours: Colours = "scene"
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -81,8 +83,8 @@ class World:
         lo, hi = self.object_size
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"object_size: need 0 < low <= high <= 1, got {lo}, {hi}")
-        if self.colours not in ("scene", "object", "pair"):
-            raise ConfigError(f"colours: one of scene, object, pair, got {self.colours!r}")
+        if self.colours not in COLOURS:
+            raise ConfigError(f"colours: one of {', '.join(COLOURS)}, got {self.colours!r}")
 
 
 DEFAULT_WORLD = World()

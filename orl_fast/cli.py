@@ -347,9 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-size", type=float, nargs=2, default=[0.2, 0.5], metavar=("LOW", "HIGH"),
                    help="an object's side as a fraction of the scene's shorter side (default: "
                         "0.2 0.5)")
-    p.add_argument("--colours", default="scene", choices=["scene", "object", "pair"],
-                   help="one hue per scene (default), per object, or two random hues per object "
-                        "(colour never tells the category)")
+    p.add_argument("--colours", default="scene",
+                   help="scene: one hue per scene (default), object: one per object, pair: two "
+                        "random hues per object (colour never tells the category)")
     p.set_defaults(func=cmd_scenes)
 
     text = ("Images (a directory, a glob, a text file of paths, or a .tar; local or fsspec URL) "

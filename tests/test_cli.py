@@ -137,7 +137,7 @@ def test_scenes_then_ingest_with_a_chosen_shard_size(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_scenes_take_the_colour_model(tmp_path):
+def test_scenes_take_the_colour_model(tmp_path, capsys):
     from loaders.synthetic import World, write_scenes
 
     assert main(["scenes", str(tmp_path / "cli"), "--images", "2", "--colours", "object"]) == 0
@@ -149,3 +149,6 @@ def test_scenes_take_the_colour_model(tmp_path):
         return (tmp_path / world / "images" / name).read_bytes()
 
     assert read("cli") == read("object") != read("scene")
+    # an unknown colour model: one line naming the field, exit 2
+    assert main(["scenes", str(tmp_path / "bad"), "--colours", "rainbow"]) == 2
+    assert "colours: one of scene, object, pair, got 'rainbow'" in capsys.readouterr().err
