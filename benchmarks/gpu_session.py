@@ -100,6 +100,16 @@ CHECKS = [
           bench("eval_voc07.py", "--tasks", "", "--baseline-images", "4", "--rounds", "1",
                 "--out", "{out}/eval_voc07"),
           json_file="eval_voc07/benchmark.json", needs=("voc07",)),
+    # Does training learn at GPU scale? The learning protocol in the generated world, one seed
+    # (last: longer than the default budget leaves; run it alone with --only learning)
+    Check("learning", 12, 540,
+          bench("learning.py", "world", "--out", "{out}/learning", "--device", "cuda",
+                "--seeds", "0", "--images", "20000", "--e1", "40", "--e3", "20", "--batch", "256",
+                "--workers", "12"),
+          bench("learning.py", "world", "--out", "{out}/learning", "--seeds", "0", "--images",
+                "64", "--e1", "1", "--e3", "1", "--batch", "16", "--workers", "1",
+                "--probe-scenes", "40"),
+          json_file="learning/results.json"),
 ]
 
 

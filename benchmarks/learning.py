@@ -3,8 +3,8 @@
 Per seed (the seed sets the initialisation, the data order and every augmentation):
 
     Stage 1   BYOL for E1 epochs                                       stage1/
-    Stage 2   mining with the Stage 1 model (and with a random-init    mined/
-              Stage 1 first: the purity floor), purity vs ground truth
+    Stage 2   mining with the Stage 1 model, purity vs ground truth    mined/
+              the same with a random-init Stage 1 (the purity floor)   mined-random-init/
     BYOL arm  Stage 3 with loss weights (1, 0, 0) for E3 epochs from Stage 1, i.e. BYOL for
               E1 + E3 epochs in two schedule segments                  byol/
     ORL arm   Stage 3 with loss weights (1, 1, 1) for E3 epochs from Stage 1 (image + intra-RoI +
@@ -57,11 +57,12 @@ from PIL import Image
 
 from evaluation import backbones, classification, datasets, objects
 from loaders.ingest import ingest
-from loaders.synthetic import COLOURS, World, write_scenes
+from loaders.synthetic import BACKGROUNDS, COLOURS, World, write_scenes
 from mining import pipeline
 from mining.purity import pair_purity
 from orl_fast.core import checkpoint
 from orl_fast.core.config import load_config
+from orl_fast.core.defaults import MineConfig
 from orl_fast.core.models import IMAGE_ONLY, ORL
 from orl_fast.training import stage1, stage3
 
@@ -171,7 +172,9 @@ def real_data(out: Path, size: int) -> dict:
     objs = objects.from_coco(instances, size, min_side=24)
     train, test = objects.split(objs, per_class=40, min_per_class=8, seed=0,
                                 test_images=probe_test_ids)
+    # proposals as the official code filters them on full-size images (96 px a side)
     return {"shards": str(shards), "instances": instances, "objects": (train, test),
+            "min_box_size": MineConfig().min_box_size,
             "pretrain_images": len(sources), "voc_test": len(voc_test)}
 
 
@@ -237,10 +240,11 @@ def random_stage1(recipe: Recipe, out: Path, seed: int) -> str:
     return str(out)
 
 
-def mine(recipe: Recipe, shards: str, ckpt: str, out: Path, gt: str) -> dict:
+def mine(recipe: Recipe, shards: str, ckpt: str, out: Path, gt: str, min_box_size: int) -> dict:
+    """Stage 2 on full-size images, proposals of at least ``min_box_size`` px a side; purity."""
     cfg = load_config("small", [*recipe.mine_overrides(), f"data={shards}", f"ckpt={ckpt}",
                                 f"out={out}", "mine.ss_max_side=0",
-                                f"mine.min_box_size={recipe.crop // 3}"])
+                                f"mine.min_box_size={min_box_size}"])
     summary = pipeline.run(cfg, progress=False)
     return {**pair_purity(str(out), gt, shards),
             "boxes_per_image": summary["proposals"]["boxes_per_image"],
@@ -255,8 +259,10 @@ def checkpoints(run: Path) -> list[tuple[int, str]]:
     return sorted((int(n[5:13]), str(d / n)) for n in os.listdir(d) if n.endswith(".pt"))
 
 
-def probe(w, objs: tuple[objects.Objects, objects.Objects], ec) -> dict:
-    return objects.evaluate(w, *objs, ec)
+def probe(w, data: dict, ec) -> dict:
+    """The object probe of ``data["objects"]``, and on the same features the relabellings of
+    ``data["relabelled"]`` (the hue probe in the generated world) under their names."""
+    return objects.evaluate(w, *data["objects"], ec, data.get("relabelled"))
 
 
 HUE_BINS = 6
@@ -272,9 +278,10 @@ def by_hue(objs: objects.Objects) -> objects.Objects:
                            tuple(f"hue {i}/{HUE_BINS}" for i in range(HUE_BINS)))
 
 
-def hue_probe(w, objs: tuple[objects.Objects, objects.Objects], ec) -> dict:
-    """kNN / linear balanced accuracy (%) of the hue bin of the probe's crops (chance 1/6)."""
-    return objects.evaluate(w, by_hue(objs[0]), by_hue(objs[1]), ec)
+def with_hue(objs: tuple[objects.Objects, objects.Objects]) -> dict:
+    """A generated world's probe data: the object probe and its hue probe, the hue bin of the
+    same crops (chance 1/6), scored on the same features under "hue"."""
+    return {"objects": objs, "relabelled": {"hue": (by_hue(objs[0]), by_hue(objs[1]))}}
 
 
 def voc07_svm(ckpt: str, recipe: Recipe, out: Path) -> float:
@@ -305,25 +312,22 @@ def run_seed(mode: str, recipe: Recipe, data: dict, out: Path, seed: int, ec,
     train_stage1(recipe, shards, s1, seed)
     times["stage1"] = time.time() - t0
     rnd = backbones.random_init(recipe.backbone, seed, recipe.stem, recipe.init)
-    res["random"] = probe(rnd, data["objects"], ec)
+    res["random"] = probe(rnd, data, ec)
     # The same random weights with BatchNorm statistics of the training views (what any training
     # step gives a network): isolates what training changed in the other weights.
     res["random_bn"] = probe(backbones.recalibrate_bn(
-        rnd, training_views(shards, 512, recipe.crop, seed)), data["objects"], ec)
-    res["stage1"] = [(step, probe(backbones.load(p), data["objects"], ec))
+        rnd, training_views(shards, 512, recipe.crop, seed)), data, ec)
+    res["stage1"] = [(step, probe(backbones.load(p), data, ec))
                      for step, p in checkpoints(s1)]
-    if data.get("hue"):
-        res["hue"] = {"random": hue_probe(rnd, data["objects"], ec),
-                      "stage1": hue_probe(backbones.load(checkpoints(s1)[-1][1]),
-                                          data["objects"], ec)}
     if "orl" in arms:
         t = time.time()
-        mined = out / f"seed{seed}" / "mined"
-        # Random-init Stage 1 first, then the trained one into the same directory: the
-        # selective-search proposals do not depend on the model and are kept.
+        # Each model mines into its own directory, so that a rerun finds both finished (one
+        # directory would keep only the last one's units, and redo the other's).
         res["purity_random_init"] = mine(recipe, shards, random_stage1(
-            recipe, out / f"seed{seed}" / "stage1-random", seed), mined, data["instances"])
-        res["purity"] = mine(recipe, shards, str(s1), mined, data["instances"])
+            recipe, out / f"seed{seed}" / "stage1-random", seed),
+            out / f"seed{seed}" / "mined-random-init", data["instances"], data["min_box_size"])
+        res["purity"] = mine(recipe, shards, str(s1), out / f"seed{seed}" / "mined",
+                             data["instances"], data["min_box_size"])
         times["mining"] = time.time() - t
     for arm, weights in (("byol", "[1,0,0]"), ("orl", "[1,1,1]")):
         if arm not in arms:
@@ -332,7 +336,7 @@ def run_seed(mode: str, recipe: Recipe, data: dict, out: Path, seed: int, ec,
         run = out / f"seed{seed}" / arm
         train_stage3(recipe, shards, str(out / f"seed{seed}" / "mined"), s1, run, seed, weights)
         times[arm] = time.time() - t
-        res[arm] = [(step, probe(backbones.load(p), data["objects"], ec))
+        res[arm] = [(step, probe(backbones.load(p), data, ec))
                     for step, p in checkpoints(run)]
     if mode == "real":
         t = time.time()
@@ -372,10 +376,10 @@ def summarise(results: list[dict], arms: tuple[str, ...]) -> dict:
     if "voc07" in results[0]:
         table["voc07"] = {name: stats([r["voc07"][name] for r in results])
                           for name in results[0]["voc07"]}
-    if "hue" in results[0]:
-        table["hue"] = {name: {m: stats([r["hue"][key][m] for r in results])
-                               for m in ("knn", "linear")}
-                        for key, name in (("random", "random init"), ("stage1", "stage1"))}
+    hue = {name: rows for name, rows in finals.items() if all("hue" in row for row in rows)}
+    if hue:
+        table["hue"] = {name: {m: stats([row["hue"][m] for row in rows])
+                               for m in ("knn", "linear")} for name, rows in hue.items()}
     return table
 
 
@@ -468,6 +472,7 @@ CANDIDATES: dict[str, dict] = {
     "small stem, crop 32": {"stem": "small", "crop": 32, "patch": 16},
     "no blur scaling": {"extra": ["aug.blur_reference_size=0"]},
     "big objects": {"world": {"min_objects": 1, "max_objects": 3, "object_size": (0.35, 0.7)}},
+    "plain background": {"world": {"background": "plain"}},
     "4x the steps (E1 32)": {"e1": 32},
 }
 
@@ -486,7 +491,7 @@ def select(recipe: Recipe, world: World, out: Path, images: int, probe_scenes: i
         shards, instances = world_data(out if cand_world == world else run_dir, images,
                                        cand_world)
         data = {"shards": shards, "instances": instances,
-                "objects": world_probe(VALIDATION_SEED, probe_scenes, cand.crop, cand_world)}
+                **with_hue(world_probe(VALIDATION_SEED, probe_scenes, cand.crop, cand_world))}
         t = time.time()
         r = run_seed("world", cand, data, run_dir, 0, ec, arms=())
         best = max(r["stage1"], key=lambda sp: sp[1]["knn"])
@@ -553,6 +558,8 @@ def main() -> None:
                     "scene's shorter side (default: 0.2 0.5)")
     ap.add_argument("--colours", default="scene", choices=COLOURS,
                     help="world: the colour model (loaders.synthetic.World.colours)")
+    ap.add_argument("--background", default="clutter", choices=BACKGROUNDS,
+                    help="world: the background (loaders.synthetic.World.background)")
     ap.add_argument("--candidates", nargs="+", metavar="NAME",
                     help=f"select: the candidates to train (default: all of {list(CANDIDATES)})")
     for name, value in vars(Recipe()).items():
@@ -564,7 +571,8 @@ def main() -> None:
     recipe = Recipe(**{k: getattr(args, k) for k in vars(Recipe()) if k != "extra"},
                     extra=args.overrides)
     world = World(min_objects=args.objects[0], max_objects=args.objects[1],
-                  object_size=tuple(args.object_size), colours=args.colours)
+                  object_size=tuple(args.object_size), colours=args.colours,
+                  background=args.background)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -593,12 +601,14 @@ def main() -> None:
     arms: tuple[str, ...] = ("byol", "orl")
     if args.mode == "world":
         shards, instances = world_data(out, args.images, world)
-        data = {"shards": shards, "instances": instances, "hue": True,
-                "objects": world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world)}
-        title = f"generated world ({world.colours} colours), {args.images} scenes"
+        # the world's objects are 24-60 px in 160 x 120 scenes: proposals of a third of a view
+        data = {"shards": shards, "instances": instances, "min_box_size": recipe.crop // 3,
+                **with_hue(world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world))}
+        title = (f"generated world ({world.colours} colours, {world.background} background), "
+                 f"{args.images} scenes")
     elif args.mode == "objects":
-        data = {"shards": object_crops_data(out, args.images, world), "hue": True,
-                "objects": world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world)}
+        data = {"shards": object_crops_data(out, args.images, world),
+                **with_hue(world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world))}
         title = (f"BYOL on the object crops of {args.images} generated scenes "
                  f"({world.colours} colours)")
         arms = ()

@@ -181,19 +181,32 @@ def balanced_accuracy(scores: np.ndarray, labels: np.ndarray, num_classes: int) 
     return float(np.mean(recalls) * 100)
 
 
-def evaluate(weights: Weights, train: Objects, test: Objects, cfg: EvalConfig) -> dict:
+def evaluate(weights: Weights, train: Objects, test: Objects, cfg: EvalConfig,
+             relabelled: dict[str, tuple[Objects, Objects]] | None = None) -> dict:
     """kNN and linear-probe balanced accuracy (%) of ``weights`` on the objects, and the
-    effective rank of the test features."""
+    effective rank of the test features. ``relabelled``: further (train, test) labellings of the
+    same crops (another attribute of the same objects), scored on the same features under their
+    name."""
     with probes.single_thread():
         ftr = embed(weights, train.crops, cfg.batch_size, cfg.device)
         fte = embed(weights, test.crops, cfg.batch_size, cfg.device)
-        n = len(train.classes)
-        onehot = np.where(np.eye(n, dtype=bool)[train.labels], 1, -1).astype(np.int8)
-        knn = probes.knn_scores(ftr, onehot, fte, cfg.knn.k, cfg.knn.temperature,
-                                resolve_device(cfg.device))
-        linear = probes.linear_probe_scores(ftr, onehot, fte, cfg)
-    return {"knn": balanced_accuracy(knn, test.labels, n),
-            "linear": balanced_accuracy(linear, test.labels, n),
-            "effective_rank": float(effective_rank(torch.from_numpy(fte))), "feature_dim": int(ftr.shape[1]),
-            "train_objects": len(train), "test_objects": len(test), "classes": n}
+        report = _scores(ftr, fte, train, test, cfg)
+        for name, (rtrain, rtest) in (relabelled or {}).items():
+            same = torch.equal(rtrain.crops, train.crops) and torch.equal(rtest.crops, test.crops)
+            if not same:
+                raise ValueError(f"relabelled[{name!r}]: not the same crops as the probe's")
+            report[name] = _scores(ftr, fte, rtrain, rtest, cfg)
+    return {**report, "effective_rank": float(effective_rank(torch.from_numpy(fte))),
+            "feature_dim": int(ftr.shape[1]), "train_objects": len(train),
+            "test_objects": len(test), "classes": len(train.classes)}
 
+
+def _scores(ftr: np.ndarray, fte: np.ndarray, train: Objects, test: Objects,
+            cfg: EvalConfig) -> dict:
+    n = len(train.classes)
+    onehot = np.where(np.eye(n, dtype=bool)[train.labels], 1, -1).astype(np.int8)
+    knn = probes.knn_scores(ftr, onehot, fte, cfg.knn.k, cfg.knn.temperature,
+                            resolve_device(cfg.device))
+    linear = probes.linear_probe_scores(ftr, onehot, fte, cfg)
+    return {"knn": balanced_accuracy(knn, test.labels, n),
+            "linear": balanced_accuracy(linear, test.labels, n)}

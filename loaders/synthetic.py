@@ -18,8 +18,11 @@ an augmentation-proof fingerprint of each object, and image-level training learn
 shapes and textures: BYOL trained on the object crops of that world scored near chance on the
 category while its features told hues apart better than a random network's. With one hue per
 object the fingerprint likely moves to the hue differences between the objects of a scene (the
-features still collapse); with one hue per scene no colour difference is left to tell objects apart (benchmarks/RESULTS.md, "Does
-training learn?").
+features still collapse); with one hue per scene no colour difference is left to tell objects
+apart (benchmarks/RESULTS.md, "Does training learn?").
+
+``World.background`` is ``clutter`` (the default, above) or ``plain``, mid-grey with pixel noise
+in every scene: a study of what the clutter costs image-level training.
 
 A scene is a pure function of (seed, index, world), so the world has as many images as asked
 for: the training set, a disjoint probe set (another seed) and any number of fresh scenes.
@@ -55,6 +58,8 @@ KINDS = {
 CATEGORIES = tuple(KINDS)
 Colours = Literal["scene", "object", "pair"]
 COLOURS: tuple[str, ...] = get_args(Colours)
+Background = Literal["clutter", "plain"]
+BACKGROUNDS: tuple[str, ...] = get_args(Background)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,9 @@ class World:
     # object on a saturated background (this world's first colour model, kept for the study
     # in the module's docstring).
     colours: Colours = "scene"
+    # "clutter": a colour field with irregular polygons and line segments; "plain": mid-grey
+    # with pixel noise, the same in every scene (a study of what the clutter costs)
+    background: Background = "clutter"
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -85,6 +93,9 @@ class World:
             raise ConfigError(f"object_size: need 0 < low <= high <= 1, got {lo}, {hi}")
         if self.colours not in COLOURS:
             raise ConfigError(f"colours: one of {', '.join(COLOURS)}, got {self.colours!r}")
+        if self.background not in BACKGROUNDS:
+            raise ConfigError(f"background: one of {', '.join(BACKGROUNDS)}, "
+                              f"got {self.background!r}")
 
 
 DEFAULT_WORLD = World()
@@ -198,6 +209,11 @@ def _mask(shape: str, w: int, h: int) -> np.ndarray:
     return np.asarray(m, np.float32) / 255
 
 
+def _plain(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """Mid-grey with pixel noise: no clutter, nothing that tells one scene from another."""
+    return Image.fromarray(np.clip(128 + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
 def _background(rng: np.random.Generator, w: int, h: int, muted: bool) -> Image.Image:
     """A colour field with irregular polygons and line segments, in ``muted`` colours (saturation
     <= 0.3: no hue pairs for views to be matched by) or fairly saturated ones."""
@@ -239,7 +255,8 @@ def make_scene(seed: int, world: World = DEFAULT_WORLD) -> tuple[Image.Image, li
     """One scene and its objects; a pure function of the arguments."""
     rng = np.random.default_rng(seed)
     width, height = world.width, world.height
-    canvas = _background(rng, width, height, muted=world.colours != "pair")
+    canvas = (_plain(rng, width, height) if world.background == "plain"
+              else _background(rng, width, height, muted=world.colours != "pair"))
     img = np.asarray(canvas, np.float32).copy()
     side = min(width, height)
     lo = min(side, max(16, int(side * world.object_size[0])))

@@ -119,7 +119,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
     if not out:
         raise ConfigError("out: required (the output directory: OUT or --out OUT)")
     world = World(args.width, args.height, args.min_objects, args.max_objects,
-                  tuple(args.object_size), args.colours)
+                  tuple(args.object_size), args.colours, args.background)
     images = write_scenes(out, args.images, seed=args.seed, world=world)
     print(f"{args.images} scenes ({args.width}x{args.height}, categories "
           f"{', '.join(CATEGORIES)}): images in {images}, ground truth in "
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     text = ("Generated scenes with known objects: 2-5 objects per image in 8 categories, each a "
-            "shape with its own texture in random colours, on a cluttered background; "
+            "shape with its own texture in random colours, on a cluttered (or plain) background; "
             "OUT/images/*.jpg and the ground truth OUT/instances.json (COCO format). A scene is "
             "a pure function of (seed, index, size).")
     p = sub.add_parser("scenes", help="generate scene images + COCO instances.json (no download)",
@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colours", default="scene",
                    help="scene: one hue per scene (default), object: one per object, pair: two "
                         "random hues per object (colour never tells the category)")
+    p.add_argument("--background", default="clutter",
+                   help="clutter: colour field, polygons and lines (default); plain: mid-grey "
+                        "with pixel noise")
     p.set_defaults(func=cmd_scenes)
 
     text = ("Images (a directory, a glob, a text file of paths, or a .tar; local or fsspec URL) "

@@ -137,7 +137,7 @@ def test_scenes_then_ingest_with_a_chosen_shard_size(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_scenes_take_the_colour_model(tmp_path, capsys):
+def test_scenes_take_the_colour_model_and_the_background(tmp_path, capsys):
     from loaders.synthetic import World, write_scenes
 
     assert main(["scenes", str(tmp_path / "cli"), "--images", "2", "--colours", "object"]) == 0
@@ -152,3 +152,8 @@ def test_scenes_take_the_colour_model(tmp_path, capsys):
     # an unknown colour model: one line naming the field, exit 2
     assert main(["scenes", str(tmp_path / "bad"), "--colours", "rainbow"]) == 2
     assert "colours: one of scene, object, pair, got 'rainbow'" in capsys.readouterr().err
+    assert main(["scenes", str(tmp_path / "plain"), "--images", "2", "--background", "plain"]) == 0
+    write_scenes(str(tmp_path / "plain-api"), 2, world=World(background="plain"))
+    assert read("plain") == read("plain-api") != read("scene")
+    assert main(["scenes", str(tmp_path / "bad"), "--background", "wallpaper"]) == 2
+    assert "background: one of clutter, plain, got 'wallpaper'" in capsys.readouterr().err

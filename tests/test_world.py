@@ -88,12 +88,30 @@ def test_colour_models_of_the_world():
     assert np.mean(spread["object"]) > 0.2
 
 
+def test_plain_background_is_the_same_grey_in_every_scene_with_the_same_objects_drawn():
+    """"plain": mid-grey with pixel noise (no clutter, no colour); the objects are drawn as on
+    the cluttered background."""
+    for i in range(5):
+        plain, objs = make_scene(i, World(background="plain"))
+        img = np.asarray(plain, np.float32)
+        mask = np.ones(img.shape[:2], bool)
+        for o in objs:
+            x, y, w, h = o.box
+            mask[max(0, y - 2):y + h + 2, max(0, x - 2):x + w + 2] = False
+        assert mask.mean() > 0.2 and len(objs) >= 2
+        assert abs(img[mask].mean() - 128) < 3 and img[mask].std() < 10
+        assert np.abs(img[mask].mean((0,)) - 128).max() < 3  # no tint
+        assert [o.category for o in objs] == [o.category for o in make_scene(
+            i, World(background="plain"))[1]]
+
+
 @pytest.mark.parametrize("kwargs, field", [({"width": 16}, "width"),
                                            ({"min_objects": 3, "max_objects": 2}, "min_objects"),
                                            ({"min_objects": 0}, "min_objects"),
                                            ({"object_size": (0.5, 0.2)}, "object_size"),
                                            ({"object_size": (0.2, 1.5)}, "object_size"),
-                                           ({"colours": "rainbow"}, "colours")])
+                                           ({"colours": "rainbow"}, "colours"),
+                                           ({"background": "wallpaper"}, "background")])
 def test_world_rejects_bad_parameters_naming_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=f"^{field}"):
         World(**kwargs)
@@ -175,6 +193,24 @@ def test_object_probe_is_deterministic_and_reports_both_probes():
     assert a == b
     assert 0 <= a["knn"] <= 100 and 0 <= a["linear"] <= 100 and a["feature_dim"] == 512
     assert 1 <= a["effective_rank"] <= len(test)
+
+
+def test_object_probe_scores_relabellings_of_the_same_crops_on_the_same_features():
+    objs = objects.from_scenes(13, 60, 32)
+    train, test = objects.split(objs, per_class=8, min_per_class=3, seed=0)
+    ec = load_config("paper", ["eval.device=cpu", "eval.knn.k=5", "eval.linear.epochs=3"]).eval
+    w = backbones.random_init("resnet18", 0)
+
+    def parity(o: objects.Objects) -> objects.Objects:
+        return objects.Objects(o.crops, o.labels % 2, o.images, ("even", "odd"))
+
+    r = objects.evaluate(w, train, test, ec, {"again": (train, test),
+                                              "parity": (parity(train), parity(test))})
+    assert r["again"] == {"knn": r["knn"], "linear": r["linear"]}
+    alone = objects.evaluate(w, parity(train), parity(test), ec)
+    assert r["parity"] == {"knn": alone["knn"], "linear": alone["linear"]}
+    with pytest.raises(ValueError, match="parity"):
+        objects.evaluate(w, train, test, ec, {"parity": (parity(test), parity(train))})
 
 
 def test_monitors_collapse_and_drift():
