@@ -473,6 +473,8 @@ CANDIDATES: dict[str, dict] = {
     "no blur scaling": {"extra": ["aug.blur_reference_size=0"]},
     "big objects": {"world": {"min_objects": 1, "max_objects": 3, "object_size": (0.35, 0.7)}},
     "plain background": {"world": {"background": "plain"}},
+    "two categories per scene": {"world": {"categories_per_scene": 2}},
+    "one category per scene": {"world": {"categories_per_scene": 1}},
     "4x the steps (E1 32)": {"e1": 32},
 }
 
@@ -560,6 +562,8 @@ def main() -> None:
                     help="world: the colour model (loaders.synthetic.World.colours)")
     ap.add_argument("--background", default="clutter", choices=BACKGROUNDS,
                     help="world: the background (loaders.synthetic.World.background)")
+    ap.add_argument("--categories-per-scene", type=int, default=0, metavar="K",
+                    help="world: categories a scene's objects are drawn from (0: any)")
     ap.add_argument("--candidates", nargs="+", metavar="NAME",
                     help=f"select: the candidates to train (default: all of {list(CANDIDATES)})")
     for name, value in vars(Recipe()).items():
@@ -572,7 +576,7 @@ def main() -> None:
                     extra=args.overrides)
     world = World(min_objects=args.objects[0], max_objects=args.objects[1],
                   object_size=tuple(args.object_size), colours=args.colours,
-                  background=args.background)
+                  background=args.background, categories_per_scene=args.categories_per_scene)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)

@@ -80,6 +80,9 @@ class World:
     # "clutter": a colour field with irregular polygons and line segments; "plain": mid-grey
     # with pixel noise, the same in every scene (a study of what the clutter costs)
     background: Background = "clutter"
+    # 0: every object's category drawn from all eight; k > 0: a scene first draws k categories
+    # and its objects take theirs among them (co-occurrence, as objects of real scenes have)
+    categories_per_scene: int = 0
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -96,6 +99,9 @@ class World:
         if self.background not in BACKGROUNDS:
             raise ConfigError(f"background: one of {', '.join(BACKGROUNDS)}, "
                               f"got {self.background!r}")
+        if not 0 <= self.categories_per_scene <= len(CATEGORIES):
+            raise ConfigError(f"categories_per_scene: 0 (any) to {len(CATEGORIES)}, "
+                              f"got {self.categories_per_scene}")
 
 
 DEFAULT_WORLD = World()
@@ -263,8 +269,11 @@ def make_scene(seed: int, world: World = DEFAULT_WORLD) -> tuple[Image.Image, li
     hi = min(side, max(24, int(side * world.object_size[1])))
     objects: list[SceneObject] = []
     scene_hue = rng.random() if world.colours == "scene" else None
+    choices = (CATEGORIES if not world.categories_per_scene else
+               tuple(CATEGORIES[i] for i in rng.choice(len(CATEGORIES),
+                                                       world.categories_per_scene, False)))
     for _ in range(int(rng.integers(world.min_objects, world.max_objects + 1))):
-        category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+        category = choices[int(rng.integers(len(choices)))]
         shape, texture = KINDS[category]
         size = int(rng.integers(lo, hi + 1))
         aspect = math.exp(rng.uniform(-0.2, 0.2))

@@ -119,7 +119,8 @@ def cmd_scenes(args: argparse.Namespace) -> int:
     if not out:
         raise ConfigError("out: required (the output directory: OUT or --out OUT)")
     world = World(args.width, args.height, args.min_objects, args.max_objects,
-                  tuple(args.object_size), args.colours, args.background)
+                  tuple(args.object_size), args.colours, args.background,
+                  args.categories_per_scene)
     images = write_scenes(out, args.images, seed=args.seed, world=world)
     print(f"{args.images} scenes ({args.width}x{args.height}, categories "
           f"{', '.join(CATEGORIES)}): images in {images}, ground truth in "
@@ -353,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", default="clutter",
                    help="clutter: colour field, polygons and lines (default); plain: mid-grey "
                         "with pixel noise")
+    p.add_argument("--categories-per-scene", type=int, default=0, metavar="K",
+                   help="0: each object of any category (default); K: a scene's objects of K "
+                        "categories drawn for it")
     p.set_defaults(func=cmd_scenes)
 
     text = ("Images (a directory, a glob, a text file of paths, or a .tar; local or fsspec URL) "

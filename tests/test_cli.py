@@ -137,7 +137,7 @@ def test_scenes_then_ingest_with_a_chosen_shard_size(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_scenes_take_the_colour_model_and_the_background(tmp_path, capsys):
+def test_scenes_take_the_colour_model_the_background_and_the_categories_per_scene(tmp_path, capsys):
     from loaders.synthetic import World, write_scenes
 
     assert main(["scenes", str(tmp_path / "cli"), "--images", "2", "--colours", "object"]) == 0
@@ -157,3 +157,9 @@ def test_scenes_take_the_colour_model_and_the_background(tmp_path, capsys):
     assert read("plain") == read("plain-api") != read("scene")
     assert main(["scenes", str(tmp_path / "bad"), "--background", "wallpaper"]) == 2
     assert "background: one of clutter, plain, got 'wallpaper'" in capsys.readouterr().err
+    assert main(["scenes", str(tmp_path / "one"), "--images", "2",
+                 "--categories-per-scene", "1"]) == 0
+    write_scenes(str(tmp_path / "one-api"), 2, world=World(categories_per_scene=1))
+    assert read("one") == read("one-api")
+    assert main(["scenes", str(tmp_path / "bad"), "--categories-per-scene", "9"]) == 2
+    assert "categories_per_scene: 0 (any) to 8, got 9" in capsys.readouterr().err

@@ -105,13 +105,33 @@ def test_plain_background_is_the_same_grey_in_every_scene_with_the_same_objects_
             i, World(background="plain"))[1]]
 
 
+def test_categories_per_scene_draws_each_scene_s_objects_from_that_many_categories():
+    """k > 0: a scene's objects share at most k categories, and over many scenes every category
+    appears; 0 (the default) leaves the scenes as they always were."""
+    seen = set()
+    for i in range(60):
+        objs = make_scene(i, World(categories_per_scene=2))[1]
+        assert 1 <= len({o.category for o in objs}) <= 2
+        seen |= {o.category for o in objs}
+        assert len({o.category for o in make_scene(i, World(categories_per_scene=1))[1]}) == 1
+    assert seen == set(CATEGORIES)
+    mixed = [len({o.category for o in make_scene(i)[1]}) for i in range(60)]
+    assert max(mixed) >= 3
+    assert make_scene(7, World(categories_per_scene=0))[1] == make_scene(7)[1]
+    assert np.array_equal(np.asarray(make_scene(7, World(categories_per_scene=0))[0]),
+                          np.asarray(make_scene(7)[0]))
+
+
 @pytest.mark.parametrize("kwargs, field", [({"width": 16}, "width"),
                                            ({"min_objects": 3, "max_objects": 2}, "min_objects"),
                                            ({"min_objects": 0}, "min_objects"),
                                            ({"object_size": (0.5, 0.2)}, "object_size"),
                                            ({"object_size": (0.2, 1.5)}, "object_size"),
                                            ({"colours": "rainbow"}, "colours"),
-                                           ({"background": "wallpaper"}, "background")])
+                                           ({"background": "wallpaper"}, "background"),
+                                           ({"categories_per_scene": 9}, "categories_per_scene"),
+                                           ({"categories_per_scene": -1},
+                                            "categories_per_scene")])
 def test_world_rejects_bad_parameters_naming_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=f"^{field}"):
         World(**kwargs)
