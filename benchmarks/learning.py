@@ -59,6 +59,7 @@ from evaluation import backbones, classification, datasets, objects
 from loaders.ingest import ingest
 from loaders.synthetic import BACKGROUNDS, COLOURS, World, write_scenes
 from mining import pipeline
+from mining.manifest import make_plan
 from mining.purity import pair_purity
 from orl_fast.core import checkpoint
 from orl_fast.core.config import load_config
@@ -241,10 +242,18 @@ def random_stage1(recipe: Recipe, out: Path, seed: int) -> str:
 
 
 def mine(recipe: Recipe, shards: str, ckpt: str, out: Path, gt: str, min_box_size: int) -> dict:
-    """Stage 2 on full-size images, proposals of at least ``min_box_size`` px a side; purity."""
+    """Stage 2 on full-size images, proposals of at least ``min_box_size`` px a side; purity.
+    Selective search depends on the images and its settings alone: a mining takes the proposals
+    of a finished one of this run with the same (``mine.proposals_from``)."""
     cfg = load_config("small", [*recipe.mine_overrides(), f"data={shards}", f"ckpt={ckpt}",
                                 f"out={out}", "mine.ss_max_side=0",
                                 f"mine.min_box_size={min_box_size}"])
+    want = make_plan(str(out), shards, ckpt, cfg.mine, "cpu").hashes["proposals"]
+    for summary in sorted(out.parent.parent.glob("seed*/mined*/summary.json")):
+        manifest = json.loads((summary.parent / "manifest.json").read_text())
+        if manifest["hashes"]["proposals"] == want and summary.parent != out:
+            cfg.mine.proposals_from = str(summary.parent)
+            break
     summary = pipeline.run(cfg, progress=False)
     return {**pair_purity(str(out), gt, shards),
             "boxes_per_image": summary["proposals"]["boxes_per_image"],

@@ -8,7 +8,9 @@ kill -9 redoes only what had not finished, and its outputs are byte-identical to
 Each stage's hash covers what its output depends on and nothing else: the input shards' index,
 the Stage 1 checkpoint bytes (model stages), the :class:`MineConfig` fields the stage reads, the
 numerics (device kind, precision) and the hashes of the stages it reads. Changing ``topn_frac``
-redoes only the pairs; a new checkpoint keeps the selective-search proposals.
+redoes only the pairs; a new checkpoint keeps the selective-search proposals, and another
+directory takes them with ``mine.proposals_from`` (:meth:`Plan.adopt`: units of the same hash are
+the same bytes).
 
 Layout of ``MINED``::
 
@@ -41,7 +43,7 @@ from loaders.pairs import EXT, PAIRS_DIR, PairRecord
 from loaders.shards import INDEX_FILE, iter_shard, read_index
 from orl_fast.core import checkpoint, storage
 from orl_fast.core.defaults import MineConfig
-from orl_fast.core.errors import NotFound
+from orl_fast.core.errors import InputError, NotFound
 
 FORMAT = "orl-fast-mine/1"
 MANIFEST = "manifest.json"
@@ -139,6 +141,35 @@ class Plan:
         return {sid for sid in self.shard_ids
                 if self._record_name(stage, sid) in records
                 and FILES[stage].format(sid) in outputs}
+
+    def adopt(self, stage: str, src: str, field: str) -> list[int]:
+        """Take from the mined directory ``src`` the finished ``stage`` units of this run's hash
+        (the same images and settings: the same bytes) for the shards not done here; their
+        output and record are copied, not recomputed. Returns the shards taken. ``field`` names
+        the setting in errors: ``src`` must be a mined directory that finished at least one unit
+        of this hash, unless nothing is left to take."""
+        todo = sorted(set(self.shard_ids) - self.done(stage))
+        if not todo:
+            return []
+        if not storage.exists(storage.join(src, MANIFEST)):
+            raise NotFound(f"{field}: {src}: not a mined directory (no {MANIFEST})")
+        records = set(storage.listdir(storage.join(src, UNITS_DIR, stage)))
+        outputs = set(storage.listdir(storage.join(src, DIRS[stage])))
+        taken = [sid for sid in todo if self._record_name(stage, sid) in records
+                 and FILES[stage].format(sid) in outputs]
+        if not taken and not set(self.shard_ids) & self.done(stage):
+            hashes = sorted({name.split(".")[1] for name in records if name.count(".") == 2})
+            raise InputError(f"{field}: {src}: no {stage} of these images with these settings "
+                             f"(its {stage} hash: {', '.join(hashes) or 'none finished'}; "
+                             f"this run's: {self.hashes[stage]})")
+        for sid in taken:  # output first, then its record: a unit is done when both exist
+            name = FILES[stage].format(sid)
+            storage.atomic_write(self.path(stage, sid),
+                                 storage.read_bytes(storage.join(src, DIRS[stage], name)))
+            record = storage.read_json(storage.join(src, UNITS_DIR, stage,
+                                                    self._record_name(stage, sid)))
+            storage.atomic_write_json(self.record_url(stage, sid), {**record, "adopted_from": src})
+        return taken
 
     # --- keys
     def shards_of(self, keys: np.ndarray) -> np.ndarray:

@@ -451,6 +451,8 @@ def _run(cfg: Config, progress: bool) -> dict:
         for stage in STAGES:
             storage.makedirs(plan.dir(stage))
             storage.remove_stale_temporaries(plan.dir(stage))
+        adopted = (plan.adopt("proposals", _absolute(mine.proposals_from),
+                              "mine.proposals_from") if mine.proposals_from else [])
         _write_manifest(plan, cfg, None)
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
         ex = RayExecutor(plan) if mine.executor == "ray" else LocalExecutor(plan)
@@ -465,5 +467,6 @@ def _run(cfg: Config, progress: bool) -> dict:
     _write_manifest(plan, cfg, {
         "started": started, "wall_seconds": round(time.time() - t0, 2), "device": plan.device,
         "executor": mine.executor, "units_skipped": sched.skipped,
+        "proposals_adopted": len(adopted),
         "unit_seconds": seconds})
     return summary

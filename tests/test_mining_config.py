@@ -68,7 +68,8 @@ def test_stage_hashes_follow_what_each_stage_reads(tmp_path):
     assert changed(min_box_size=64) == {"proposals", "roi", "pairs"}
     assert changed(roi_size=112) == {"roi", "pairs"}
     assert changed(embed_size=112) == {"embed", "knn", "pairs"}
-    assert changed(batch_size=8, ray_num_cpus=7, cpu_actors=3, executor="local") == set()
+    assert changed(batch_size=8, ray_num_cpus=7, cpu_actors=3, executor="local",
+                   proposals_from="elsewhere") == set()
     assert changed(device="cuda") == {"embed", "knn", "roi", "pairs"}
     assert changed(precision="fp32") == set()  # precision applies on CUDA only
 

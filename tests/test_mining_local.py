@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from support.mining import make_ckpt, mine_config, output_digests
+from support.mining import MINE, MODEL, make_ckpt, mine_config, output_digests
 
 from loaders.pairs import PairRecord, mined_with, open_pairs, read_record, write_pair_shards
 from loaders.shards import iter_shard, shard_summary, write_idx, write_index, write_shard
@@ -129,6 +129,46 @@ def test_back_to_an_earlier_setting_redoes_its_units(mined, scene_shards, ckpt, 
         skipped = json.load(f)["runs"][-1]["units_skipped"]
     assert skipped == {"embed": 2, "proposals": 2, "knn": 2, "roi": 2, "pairs": 0}
     assert output_digests(out) == before
+
+
+def test_a_new_model_takes_the_proposals_of_another_mined_directory(mined, scene_shards, ckpt,
+                                                                   tmp_path):
+    """mine.proposals_from: a second Stage 1 model mined into its own directory takes the first
+    run's selective search (same images, same settings) instead of recomputing it, and ends with
+    the outputs of a run that computed everything itself."""
+    other = make_ckpt(str(tmp_path / "stage1-b"), seed=1)
+    alone, taken = str(tmp_path / "alone"), str(tmp_path / "taken")
+    pipeline.run(mine_config(scene_shards[0], other, alone, *SCENES), progress=False)
+    pipeline.run(mine_config(scene_shards[0], other, taken, *SCENES,
+                             f"mine.proposals_from={mined[0]}"), progress=False)
+    with open(os.path.join(taken, "manifest.json")) as f:
+        run = json.load(f)["runs"][-1]
+    assert run["proposals_adopted"] == 2 and run["units_skipped"]["proposals"] == 2
+    assert run["units_skipped"]["roi"] == 0  # the new model's RoI embeddings are its own
+    records = os.listdir(os.path.join(taken, "units", "proposals"))
+    assert len(records) == 2 and all(json.load(open(os.path.join(
+        taken, "units", "proposals", r)))["adopted_from"] == mined[0] for r in records)
+    assert output_digests(taken) == output_digests(alone)
+    assert output_digests(taken) != output_digests(mined[0])  # another model: other pairs
+
+
+def test_proposals_from_a_directory_that_cannot_give_them_is_one_line_naming_the_field(
+        mined, scene_shards, ckpt, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    def mine(out: str, *overrides: str) -> int:
+        return cli.main(["mine", "--config", "small", *MODEL, *MINE, *SCENES,
+                         f"data={scene_shards[0]}", f"ckpt={ckpt}", f"out={out}", *overrides])
+
+    rc = mine(str(tmp_path / "a"), f"mine.proposals_from={empty}")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "mine.proposals_from" in err and "not a mined directory" in err
+    rc = mine(str(tmp_path / "b"), "mine.min_box_size=32", f"mine.proposals_from={mined[0]}")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "mine.proposals_from" in err and "no proposals of these images with these" in err
 
 
 def test_undecodable_images_are_counted_not_fatal(scene_shards, ckpt, tmp_path):

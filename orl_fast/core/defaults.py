@@ -255,6 +255,9 @@ class MineConfig:
     aspect_range: tuple[float, float] = (1 / 3, 3.0)
     max_iou: float = 0.5
     max_boxes: int = 100
+    # Another mined directory of the same images: its proposals made with the same settings are
+    # taken, not recomputed (they depend on neither the model nor the output directory).
+    proposals_from: str = ""
     # RoI embedding: RoI crops resized to this square size for the backbone (2048-d pooled on ResNet-50).
     roi_size: int = 224
     # Top-ranked RoI pairs: the top N% of the query's RoIs kept as pairs per (query, neighbour): int(frac x boxes), >= 1.
