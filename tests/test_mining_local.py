@@ -145,9 +145,9 @@ def test_a_new_model_takes_the_proposals_of_another_mined_directory(mined, scene
         run = json.load(f)["runs"][-1]
     assert run["proposals_adopted"] == 2 and run["units_skipped"]["proposals"] == 2
     assert run["units_skipped"]["roi"] == 0  # the new model's RoI embeddings are its own
-    records = os.listdir(os.path.join(taken, "units", "proposals"))
-    assert len(records) == 2 and all(json.load(open(os.path.join(
-        taken, "units", "proposals", r)))["adopted_from"] == mined[0] for r in records)
+    records = list((tmp_path / "taken" / "units" / "proposals").iterdir())
+    assert len(records) == 2
+    assert all(json.loads(r.read_text())["adopted_from"] == mined[0] for r in records)
     assert output_digests(taken) == output_digests(alone)
     assert output_digests(taken) != output_digests(mined[0])  # another model: other pairs
 
