@@ -24,6 +24,10 @@ apart (benchmarks/RESULTS.md, "Does training learn?").
 ``World.background`` is ``clutter`` (the default, above) or ``plain``, mid-grey with pixel noise
 in every scene: a study of what the clutter costs image-level training.
 
+``World.categories_per_scene`` (0, the default: every object of any category) draws each scene's
+objects from that many categories chosen for the scene, as objects of real scenes co-occur: with
+one or two, two views of a scene share categories even where they share no object.
+
 A scene is a pure function of (seed, index, world), so the world has as many images as asked
 for: the training set, a disjoint probe set (another seed) and any number of fresh scenes.
 Ground truth is written in COCO instances format (boxes xywh in pixels, category ids 1..8), so
