@@ -151,8 +151,7 @@ class Plan:
         todo = sorted(set(self.shard_ids) - self.done(stage))
         if not todo:
             return []
-        if not storage.exists(storage.join(src, MANIFEST)):
-            raise NotFound(f"{field}: {src}: not a mined directory (no {MANIFEST})")
+        require_mined(src, field)
         records = set(storage.listdir(storage.join(src, UNITS_DIR, stage)))
         outputs = set(storage.listdir(storage.join(src, DIRS[stage])))
         taken = [sid for sid in todo if self._record_name(stage, sid) in records
@@ -196,6 +195,12 @@ def where() -> dict:
         if ray.is_initialized():
             node = ray.get_runtime_context().get_node_id()
     return {"host": socket.gethostname(), "pid": os.getpid(), "ray_node": node}
+
+
+def require_mined(url: str, field: str) -> None:
+    """``url`` is a mined directory (it has a manifest), else one line naming ``field``."""
+    if not storage.exists(storage.join(url, MANIFEST)):
+        raise NotFound(f"{field}: {url}: not a mined directory (no {MANIFEST})")
 
 
 def data_of(mined: str) -> str:

@@ -34,7 +34,7 @@ from loaders.labels import open_store, store_path
 from loaders.pairs import write_pairs_index
 from loaders.shards import read_index
 from mining import embed, knn, proposals, roi_embed, roi_pairs
-from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, file_sha256, make_plan
+from mining.manifest import MANIFEST, STAGES, SUMMARY, Plan, file_sha256, make_plan, require_mined
 from mining.summary import build_summary
 from orl_fast.core import storage
 from orl_fast.core.config import ConfigError
@@ -412,11 +412,13 @@ def finalize(plan: Plan) -> dict:
 def check_inputs(cfg: Config) -> None:
     """The start-up checks of ``orl-fast mine``, before Ray starts or OUT is touched: the shards'
     index is readable and complete, the checkpoint holds the Stage 1 encoder it describes, the
-    label store of ``label.mode=scan`` opens."""
+    label store of ``label.mode=scan`` opens, ``mine.proposals_from`` is a mined directory."""
     cfg.require("data", "ckpt", "out")
     read_index(cfg.data)
     embed.load_encoder(cfg.ckpt)
     label_gate(cfg)
+    if cfg.mine.proposals_from:
+        require_mined(cfg.mine.proposals_from, "mine.proposals_from")
     storage.check_output_dir(cfg.out)
 
 

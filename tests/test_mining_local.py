@@ -165,6 +165,7 @@ def test_proposals_from_a_directory_that_cannot_give_them_is_one_line_naming_the
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "mine.proposals_from" in err and "not a mined directory" in err
+    assert not (tmp_path / "a").exists()  # refused before OUT is touched
     rc = mine(str(tmp_path / "b"), "mine.min_box_size=32", f"mine.proposals_from={mined[0]}")
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
