@@ -30,7 +30,7 @@ training half of voc07 (the SVM's test half is left out).
     python benchmarks/learning.py select --out benchmarks/out/learning-select      # the recipe
     python benchmarks/learning.py objects --out benchmarks/out/learning-objects    # a study
 
-``select`` trains seed 0 of each candidate recipe for Stage 1 only and scores it on a validation
+``select`` trains the first of ``--seeds`` (0 by default) of each candidate recipe for Stage 1 only and scores it on a validation
 probe (scenes of yet another seed, never the test probe): the defaults of ``world`` are its
 winner. ``objects`` is a study of what the world teaches: BYOL (Stage 1 only) on the ground-truth
 object crops of the training scenes, one crop per image, no scene around it. In the generated
@@ -469,7 +469,7 @@ def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
 
 
 # select: name -> changes to the recipe, or "world": changes to the generated world (Stage 1 only,
-# seed 0, the validation probe)
+# the first seed, the validation probe)
 CANDIDATES: dict[str, dict] = {
     "base": {},
     "base lr 0.8": {"base_lr": 0.8},
@@ -489,8 +489,8 @@ CANDIDATES: dict[str, dict] = {
 
 
 def select(recipe: Recipe, world: World, out: Path, images: int, probe_scenes: int,
-           names: list[str], ec) -> dict:
-    """Stage 1 of seed 0 for each candidate, every checkpoint on the validation probe."""
+           names: list[str], ec, seed: int = 0) -> dict:
+    """Stage 1 of ``seed`` for each candidate, every checkpoint on the validation probe."""
     rows: dict = {}
     for name in names:
         change = dict(CANDIDATES[name])
@@ -504,7 +504,7 @@ def select(recipe: Recipe, world: World, out: Path, images: int, probe_scenes: i
         data = {"shards": shards, "instances": instances,
                 **with_hue(world_probe(VALIDATION_SEED, probe_scenes, cand.crop, cand_world))}
         t = time.time()
-        r = run_seed("world", cand, data, run_dir, 0, ec, arms=())
+        r = run_seed("world", cand, data, run_dir, seed, ec, arms=())
         best = max(r["stage1"], key=lambda sp: sp[1]["knn"])
         rows[name] = {"random": r["random"], "random_bn": r["random_bn"],
                       "stage1": r["stage1"][-1][1], "steps": r["stage1"][-1][0],
@@ -517,7 +517,7 @@ def select(recipe: Recipe, world: World, out: Path, images: int, probe_scenes: i
     return rows
 
 
-def plot_select(rows: dict, path: Path) -> None:
+def plot_select(rows: dict, path: Path, seed: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -536,7 +536,7 @@ def plot_select(rows: dict, path: Path) -> None:
         ax.set_ylabel(f"validation object probe, {metric} balanced accuracy (%)")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper right")
-    fig.suptitle("select: Stage 1 recipes, seed 0")
+    fig.suptitle(f"select: Stage 1 recipes, seed {seed}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -559,7 +559,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["world", "objects", "real", "select"])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="the seeds (select: the first one only)")
     ap.add_argument("--images", type=int, default=2000, help="world: generated training scenes")
     ap.add_argument("--probe-scenes", type=int, default=600)
     ap.add_argument("--objects", type=int, nargs=2, default=[2, 5], metavar=("MIN", "MAX"),
@@ -598,15 +599,16 @@ def main() -> None:
         unknown = [n for n in names if n not in CANDIDATES]
         if unknown:
             ap.error(f"--candidates: unknown {unknown}; the candidates are {list(CANDIDATES)}")
-        rows = select(recipe, world, out, args.images, args.probe_scenes, names, ec)
+        seed = args.seeds[0]
+        rows = select(recipe, world, out, args.images, args.probe_scenes, names, ec, seed)
         m = machine()
-        md = select_markdown(rows, f"select: Stage 1, seed 0, validation probe (kNN / linear "
+        md = select_markdown(rows, f"select: Stage 1, seed {seed}, validation probe (kNN / linear "
                                    f"balanced accuracy, %); {m['date']}, {m['machine']}, torch "
                                    f"{m['torch']}; {time.time() - t0:.0f} s in all")
         (out / "select.json").write_text(json.dumps({**m, "recipe": vars(recipe),
-                                                     "candidates": rows}, indent=1))
+                                                     "seed": seed, "candidates": rows}, indent=1))
         (out / "select.md").write_text(md)
-        plot_select(rows, out / "select.png")
+        plot_select(rows, out / "select.png", seed)
         print(md)
         print(f"plot: {out / 'select.png'}")
         return
