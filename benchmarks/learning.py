@@ -31,8 +31,8 @@ training half of voc07 (the SVM's test half is left out).
     python benchmarks/learning.py objects --out benchmarks/out/learning-objects    # a study
 
 ``select`` trains the first of ``--seeds`` (0 by default) of each candidate recipe for Stage 1
-only and scores it on a validation probe (scenes of yet another seed, never the test probe): the defaults of ``world`` are its
-winner. ``objects`` is a study of what the world teaches: BYOL (Stage 1 only) on the ground-truth
+only and scores it on a validation probe (scenes of yet another seed, never the test probe):
+the defaults of ``world`` are its winner. ``objects`` is a study of what the world teaches: BYOL (Stage 1 only) on the ground-truth
 object crops of the training scenes, one crop per image, no scene around it. In the generated
 world every run also probes the hue of the crops (``by_hue``), which never tells the category:
 what colour the features keep. Each run writes ``results.json``, ``learning.png`` (probe vs
