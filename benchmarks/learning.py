@@ -34,11 +34,11 @@ training half of voc07 (the SVM's test half is left out).
 only and scores it on a validation probe (scenes of yet another seed, never the test probe):
 the defaults of ``world`` are its winner. ``objects`` is a study of what the world teaches:
 BYOL (Stage 1 only) on the ground-truth object crops of the training scenes, one crop per
-image, no scene around it. In the generated
-world every run also probes the hue of the crops (``by_hue``), which never tells the category:
-what colour the features keep. Each run writes ``results.json``, ``learning.png`` (probe vs
-steps, mean and the spread over seeds) and ``results.md`` (the table for benchmarks/RESULTS.md)
-in OUT; finished stages are skipped on a rerun (every stage resumes).
+image, no scene around it. In the generated world every run also probes the hue of the crops
+(``by_hue``), which never tells the category: what colour the features keep. Each run writes
+``results.json``, ``learning.png`` (probe vs steps, mean and the spread over seeds) and
+``results.md`` (the table for benchmarks/RESULTS.md) in OUT; finished stages are skipped on a
+rerun (every stage resumes).
 """
 
 from __future__ import annotations
