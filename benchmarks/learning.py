@@ -35,10 +35,16 @@ only and scores it on a validation probe (scenes of yet another seed, never the 
 the defaults of ``world`` are its winner. ``objects`` is a study of what the world teaches:
 BYOL (Stage 1 only) on the ground-truth object crops of the training scenes, one crop per
 image, no scene around it. In the generated world every run also probes the hue of the crops
-(``by_hue``), which never tells the category: what colour the features keep. Each run writes
-``results.json``, ``learning.png`` (probe vs steps, mean and the spread over seeds) and
-``results.md`` (the table for benchmarks/RESULTS.md) in OUT; finished stages are skipped on a
-rerun (every stage resumes).
+(``by_hue``), which never tells the category: what colour the features keep. ``spread`` gathers
+``select`` runs of one recipe, one seed each, into the mean and std over seeds at every probed
+step (``spread.md``, ``spread.png``):
+
+    python benchmarks/learning.py spread --out benchmarks/out/spread \\
+        --runs benchmarks/out/learning-select benchmarks/out/learning-select-seed1 ...
+
+The other modes write ``results.json``, ``learning.png`` (probe vs steps, mean and the spread
+over seeds) and ``results.md`` (the table for benchmarks/RESULTS.md) in OUT, ``select`` its
+``select.*``; finished stages are skipped on a rerun (every stage resumes).
 """
 
 from __future__ import annotations
@@ -405,7 +411,8 @@ def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> 
         for key, colour, label in (("random", "grey", "random init"),
                                    ("random_bn", "tab:green", "random init, BN re-estimated")):
             rnd = np.array([r[key][metric] for r in results])
-            ax.axhspan(rnd.mean() - rnd.std(), rnd.mean() + rnd.std(), color=colour, alpha=0.2)
+            sd = rnd.std(ddof=1) if len(rnd) > 1 else 0.0  # the tables' std
+            ax.axhspan(rnd.mean() - sd, rnd.mean() + sd, color=colour, alpha=0.2)
             ax.axhline(rnd.mean(), color=colour, lw=1, ls="--", label=label)
         for arm in arms or ("stage1",):
             curves = [[(0, r["random"][metric])] + [(s, p[metric]) for s, p in r["stage1"]]
@@ -414,7 +421,7 @@ def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> 
                       for r in results]
             steps = np.array([s for s, _ in curves[0]])
             vals = np.array([[v for _, v in c] for c in curves])
-            m, sd = vals.mean(0), vals.std(0)
+            m, sd = vals.mean(0), vals.std(0, ddof=1) if len(vals) > 1 else 0 * vals[0]
             label = {"byol": "BYOL", "orl": "ORL (Stage 3 after Stage 1 + mining)",
                      "stage1": "BYOL (Stage 1)"}[arm]
             ax.plot(steps, m, color=colours[arm], label=label)
@@ -555,10 +562,53 @@ def select_markdown(rows: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spread(runs: list[Path], candidate: str) -> list[dict]:
+    """``select`` runs of one candidate, one seed each, as per-seed results (Stage 1 only)."""
+    results, recipe = [], None
+    for run in runs:
+        path = run / "select.json"
+        if not path.is_file():
+            raise SystemExit(f"--runs: {path} not found (a finished `select` run's folder)")
+        sel = json.loads(path.read_text())
+        if candidate not in sel["candidates"]:
+            raise SystemExit(f"--runs: {run} has no candidate {candidate!r} "
+                             f"(it has {list(sel['candidates'])})")
+        if recipe is not None and sel["recipe"] != recipe:
+            raise SystemExit(f"--runs: {run} trained another recipe than {runs[0]}")
+        recipe = sel["recipe"]
+        row = sel["candidates"][candidate]
+        results.append({"seed": sel["seed"], "random": row["random"],
+                        "random_bn": row["random_bn"], "stage1": row["curve"]})
+    if len({r["seed"] for r in results}) < len(results):
+        raise SystemExit(f"--runs: a seed appears twice ({[r['seed'] for r in results]})")
+    if len({tuple(s for s, _ in r["stage1"]) for r in results}) > 1:
+        raise SystemExit("--runs: the runs probed different steps (another schedule)")
+    return results
+
+
+def spread_markdown(results: list[dict], header: str) -> str:
+    """The table of ``markdown`` and, per probed step, mean ± std over seeds of the probe and of
+    its gain over the random init of the same seed."""
+    def fmt(values: list[float]) -> str:
+        a = np.asarray(values, np.float64)
+        return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if len(a) > 1 else f"{a.mean():.1f}"
+
+    lines = [markdown(summarise(results, ()), (), header).rstrip("\n"), "",
+             "| step | kNN (%) | linear (%) | kNN - random init | linear - random init |",
+             "|---:|---:|---:|---:|---:|"]
+    for i, (step, _) in enumerate(results[0]["stage1"]):
+        at = [r["stage1"][i][1] for r in results]
+        gain = {m: [p[m] - r["random"][m] for p, r in zip(at, results)] for m in ("knn", "linear")}
+        lines.append(f"| {step} | {fmt([p['knn'] for p in at])} | "
+                     f"{fmt([p['linear'] for p in at])} | {fmt(gain['knn'])} | "
+                     f"{fmt(gain['linear'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["world", "objects", "real", "select"])
+    ap.add_argument("mode", choices=["world", "objects", "real", "select", "spread"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                     help="the seeds (select: the first one only)")
@@ -576,7 +626,10 @@ def main() -> None:
     ap.add_argument("--categories-per-scene", type=int, default=0, metavar="K",
                     help="world: categories a scene's objects are drawn from (0: any)")
     ap.add_argument("--candidates", nargs="+", metavar="NAME",
-                    help=f"select: the candidates to train (default: all of {list(CANDIDATES)})")
+                    help=f"select: the candidates to train (default: all of {list(CANDIDATES)}); "
+                    "spread: the first one (default: base)")
+    ap.add_argument("--runs", nargs="+", type=Path, metavar="DIR",
+                    help="spread: finished `select` runs of one recipe, one seed each")
     for name, value in vars(Recipe()).items():
         if name != "extra":
             ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -594,6 +647,25 @@ def main() -> None:
     ec = load_config("paper", [f"eval.device={recipe.device}", "eval.knn.k=20",
                                "eval.linear.epochs=100", "eval.batch_size=256"]).eval
     t0 = time.time()
+
+    if args.mode == "spread":
+        if not args.runs:
+            ap.error("spread: --runs is required")
+        candidate = (args.candidates or ["base"])[0]
+        results = spread(args.runs, candidate)
+        m = machine()
+        seeds = [r["seed"] for r in results]
+        title = f"Stage 1 ({candidate}), {results[0]['stage1'][-1][0]} steps"
+        md = spread_markdown(results, f"spread: {title}, seeds {seeds}, validation probe "
+                                      f"(balanced accuracy, %); runs {[str(r) for r in args.runs]}")
+        (out / "spread.json").write_text(json.dumps({**m, "candidate": candidate,
+                                                     "runs": [str(r) for r in args.runs],
+                                                     "seeds": results}, indent=1))
+        (out / "spread.md").write_text(md)
+        plot(results, (), out / "spread.png", title)
+        print(md)
+        print(f"plot: {out / 'spread.png'}")
+        return
 
     if args.mode == "select":
         names = args.candidates or list(CANDIDATES)
