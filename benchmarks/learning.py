@@ -568,21 +568,21 @@ def spread(runs: list[Path], candidate: str) -> list[dict]:
     for run in runs:
         path = run / "select.json"
         if not path.is_file():
-            raise SystemExit(f"--runs: {path} not found (a finished `select` run's folder)")
+            raise ValueError(f"--runs: {path} not found (a finished `select` run's folder)")
         sel = json.loads(path.read_text())
         if candidate not in sel["candidates"]:
-            raise SystemExit(f"--runs: {run} has no candidate {candidate!r} "
+            raise ValueError(f"--runs: {run} has no candidate {candidate!r} "
                              f"(it has {list(sel['candidates'])})")
         if recipe is not None and sel["recipe"] != recipe:
-            raise SystemExit(f"--runs: {run} trained another recipe than {runs[0]}")
+            raise ValueError(f"--runs: {run} trained another recipe than {runs[0]}")
         recipe = sel["recipe"]
         row = sel["candidates"][candidate]
         results.append({"seed": sel["seed"], "random": row["random"],
                         "random_bn": row["random_bn"], "stage1": row["curve"]})
     if len({r["seed"] for r in results}) < len(results):
-        raise SystemExit(f"--runs: a seed appears twice ({[r['seed'] for r in results]})")
+        raise ValueError(f"--runs: a seed appears twice ({[r['seed'] for r in results]})")
     if len({tuple(s for s, _ in r["stage1"]) for r in results}) > 1:
-        raise SystemExit("--runs: the runs probed different steps (another schedule)")
+        raise ValueError("--runs: the runs probed different steps (another schedule)")
     return results
 
 
@@ -652,7 +652,10 @@ def main() -> None:
         if not args.runs:
             ap.error("spread: --runs is required")
         candidate = (args.candidates or ["base"])[0]
-        results = spread(args.runs, candidate)
+        try:
+            results = spread(args.runs, candidate)
+        except ValueError as e:
+            ap.error(str(e))
         m = machine()
         seeds = [r["seed"] for r in results]
         title = f"Stage 1 ({candidate}), {results[0]['stage1'][-1][0]} steps"
