@@ -369,13 +369,25 @@ def run_seed(mode: str, recipe: Recipe, data: dict, out: Path, seed: int, ec,
     return res
 
 
+def seed_std(a: np.ndarray):
+    """The std over seeds (axis 0) of every table and figure: ddof 1, zero for one seed."""
+    return a.std(0, ddof=1) if len(a) > 1 else 0.0 * a.mean(0)
+
+
+def stats(values: list[float]) -> dict:
+    a = np.asarray(values, np.float64)
+    return {"mean": float(a.mean()), "std": float(seed_std(a)),
+            "values": [round(float(v), 3) for v in a]}
+
+
+def fmt(s: dict, digits: int = 1) -> str:
+    """``stats`` as "mean ± std" (the mean alone for one seed)."""
+    spread = f" ± {s['std']:.{digits}f}" if len(s["values"]) > 1 else ""
+    return f"{s['mean']:.{digits}f}{spread}"
+
+
 def summarise(results: list[dict], arms: tuple[str, ...]) -> dict:
     """Mean and std over seeds of the final numbers of every arm (and random init)."""
-    def stats(values: list[float]) -> dict:
-        a = np.asarray(values, np.float64)
-        return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-                "values": [round(float(v), 3) for v in a]}
-
     table: dict = {}
     finals = {"random init": [r["random"] for r in results],
               "random init, BN re-estimated": [r["random_bn"] for r in results],
@@ -411,7 +423,7 @@ def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> 
         for key, colour, label in (("random", "grey", "random init"),
                                    ("random_bn", "tab:green", "random init, BN re-estimated")):
             rnd = np.array([r[key][metric] for r in results])
-            sd = rnd.std(ddof=1) if len(rnd) > 1 else 0.0  # the tables' std
+            sd = seed_std(rnd)
             ax.axhspan(rnd.mean() - sd, rnd.mean() + sd, color=colour, alpha=0.2)
             ax.axhline(rnd.mean(), color=colour, lw=1, ls="--", label=label)
         for arm in arms or ("stage1",):
@@ -421,7 +433,7 @@ def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> 
                       for r in results]
             steps = np.array([s for s, _ in curves[0]])
             vals = np.array([[v for _, v in c] for c in curves])
-            m, sd = vals.mean(0), vals.std(0, ddof=1) if len(vals) > 1 else 0 * vals[0]
+            m, sd = vals.mean(0), seed_std(vals)
             label = {"byol": "BYOL", "orl": "ORL (Stage 3 after Stage 1 + mining)",
                      "stage1": "BYOL (Stage 1)"}[arm]
             ax.plot(steps, m, color=colours[arm], label=label)
@@ -440,10 +452,6 @@ def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> 
 
 
 def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
-    def fmt(s: dict, digits: int = 1) -> str:
-        spread = f" ± {s['std']:.{digits}f}" if len(s["values"]) > 1 else ""
-        return f"{s['mean']:.{digits}f}{spread}"
-
     names = {"random init": "random init (as initialised)",
              "random init, BN re-estimated": "random init, BN statistics of the training views",
              "stage1": "BYOL, Stage 1 only (E1)",
@@ -589,19 +597,15 @@ def spread(runs: list[Path], candidate: str) -> list[dict]:
 def spread_markdown(results: list[dict], header: str) -> str:
     """The table of ``markdown`` and, per probed step, mean ± std over seeds of the probe and of
     its gain over the random init of the same seed."""
-    def fmt(values: list[float]) -> str:
-        a = np.asarray(values, np.float64)
-        return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if len(a) > 1 else f"{a.mean():.1f}"
-
     lines = [markdown(summarise(results, ()), (), header).rstrip("\n"), "",
              "| step | kNN (%) | linear (%) | kNN - random init | linear - random init |",
              "|---:|---:|---:|---:|---:|"]
     for i, (step, _) in enumerate(results[0]["stage1"]):
         at = [r["stage1"][i][1] for r in results]
         gain = {m: [p[m] - r["random"][m] for p, r in zip(at, results)] for m in ("knn", "linear")}
-        lines.append(f"| {step} | {fmt([p['knn'] for p in at])} | "
-                     f"{fmt([p['linear'] for p in at])} | {fmt(gain['knn'])} | "
-                     f"{fmt(gain['linear'])} |")
+        lines.append(f"| {step} | {fmt(stats([p['knn'] for p in at]))} | "
+                     f"{fmt(stats([p['linear'] for p in at]))} | {fmt(stats(gain['knn']))} | "
+                     f"{fmt(stats(gain['linear']))} |")
     return "\n".join(lines) + "\n"
 
 
