@@ -42,6 +42,15 @@ step (``spread.md``, ``spread.png``):
     python benchmarks/learning.py spread --out benchmarks/out/spread \\
         --runs benchmarks/out/learning-select benchmarks/out/learning-select-seed1 ...
 
+``arms`` starts where such runs ended: per seed, it mines ``--images`` scenes with the last
+Stage 1 checkpoint of its ``select`` run and trains the BYOL and ORL arms from it for E3 epochs
+(the runs' recipe; ``--e3``, ``--probes``, ``--ckpt-every``, ``--workers``, ``--device`` and the
+overrides from the command line), probing that checkpoint, the random init and the arms on the
+test probe (the mining floor of a random-init Stage 1 is ``world``'s):
+
+    python benchmarks/learning.py arms --out benchmarks/out/arms --e3 8 \\
+        --runs benchmarks/out/learning-select benchmarks/out/learning-select-seed1 ...
+
 The other modes write ``results.json``, ``learning.png`` (probe vs steps, mean and the spread
 over seeds) and ``results.md`` (the table for benchmarks/RESULTS.md) in OUT, ``select`` its
 ``select.*``; finished stages are skipped on a rerun (every stage resumes).
@@ -317,43 +326,61 @@ def voc07_svm(ckpt: str, recipe: Recipe, out: Path) -> float:
 # ----------------------------------------------------------------------------- protocol
 
 
+def baselines(recipe: Recipe, data: dict, seed: int, ec) -> dict:
+    """The probe of the random init of ``seed``, as initialised and with BatchNorm statistics of
+    the training views (what any training step gives a network: isolates what training changed
+    in the other weights)."""
+    rnd = backbones.random_init(recipe.backbone, seed, recipe.stem, recipe.init)
+    return {"random": probe(rnd, data, ec),
+            "random_bn": probe(backbones.recalibrate_bn(
+                rnd, training_views(data["shards"], 512, recipe.crop, seed)), data, ec)}
+
+
+def after_stage1(recipe: Recipe, data: dict, seed_dir: Path, s1: Path, seed: int, ec,
+                 arms: tuple[str, ...], floor: bool = True) -> tuple[dict, dict]:
+    """Stage 2 with the Stage 1 run ``s1`` (and, with ``floor``, with the random init of
+    ``seed``: the purity floor), then the arms from ``s1``, every checkpoint probed; returns the
+    results and the seconds of each part."""
+    res: dict = {}
+    times: dict[str, float] = {}
+    shards = data["shards"]
+    if "orl" in arms:
+        t = time.time()
+        # Each model mines into its own directory, so that a rerun finds both finished (one
+        # directory would keep only the last one's units, and redo the other's).
+        if floor:
+            res["purity_random_init"] = mine(
+                recipe, shards, random_stage1(recipe, seed_dir / "stage1-random", seed),
+                seed_dir / "mined-random-init", data["instances"], data["min_box_size"])
+        res["purity"] = mine(recipe, shards, str(s1), seed_dir / "mined", data["instances"],
+                             data["min_box_size"])
+        times["mining"] = time.time() - t
+    for arm, weights in (("byol", "[1,0,0]"), ("orl", "[1,1,1]")):
+        if arm not in arms:
+            continue
+        t = time.time()
+        run = seed_dir / arm
+        train_stage3(recipe, shards, str(seed_dir / "mined"), s1, run, seed, weights)
+        times[arm] = time.time() - t
+        res[arm] = [(step, probe(backbones.load(p), data, ec)) for step, p in checkpoints(run)]
+    return res, times
+
+
 def run_seed(mode: str, recipe: Recipe, data: dict, out: Path, seed: int, ec,
              arms: tuple[str, ...] = ("byol", "orl")) -> dict:
     """Train, mine and probe one seed; returns its curves and final numbers."""
     t0 = time.time()
     times: dict[str, float] = {}
     res: dict = {"seed": seed}
-    shards = data["shards"]
     s1 = out / f"seed{seed}" / "stage1"
-    train_stage1(recipe, shards, s1, seed)
+    train_stage1(recipe, data["shards"], s1, seed)
     times["stage1"] = time.time() - t0
-    rnd = backbones.random_init(recipe.backbone, seed, recipe.stem, recipe.init)
-    res["random"] = probe(rnd, data, ec)
-    # The same random weights with BatchNorm statistics of the training views (what any training
-    # step gives a network): isolates what training changed in the other weights.
-    res["random_bn"] = probe(backbones.recalibrate_bn(
-        rnd, training_views(shards, 512, recipe.crop, seed)), data, ec)
+    res.update(baselines(recipe, data, seed, ec))
     res["stage1"] = [(step, probe(backbones.load(p), data, ec))
                      for step, p in checkpoints(s1)]
-    if "orl" in arms:
-        t = time.time()
-        # Each model mines into its own directory, so that a rerun finds both finished (one
-        # directory would keep only the last one's units, and redo the other's).
-        res["purity_random_init"] = mine(recipe, shards, random_stage1(
-            recipe, out / f"seed{seed}" / "stage1-random", seed),
-            out / f"seed{seed}" / "mined-random-init", data["instances"], data["min_box_size"])
-        res["purity"] = mine(recipe, shards, str(s1), out / f"seed{seed}" / "mined",
-                             data["instances"], data["min_box_size"])
-        times["mining"] = time.time() - t
-    for arm, weights in (("byol", "[1,0,0]"), ("orl", "[1,1,1]")):
-        if arm not in arms:
-            continue
-        t = time.time()
-        run = out / f"seed{seed}" / arm
-        train_stage3(recipe, shards, str(out / f"seed{seed}" / "mined"), s1, run, seed, weights)
-        times[arm] = time.time() - t
-        res[arm] = [(step, probe(backbones.load(p), data, ec))
-                    for step, p in checkpoints(run)]
+    arm_res, arm_times = after_stage1(recipe, data, out / f"seed{seed}", s1, seed, ec, arms)
+    res.update(arm_res)
+    times.update(arm_times)
     if mode == "real":
         t = time.time()
         # The held-out split is eval.seed's (0): the one left out of pre-training. The random
@@ -411,7 +438,10 @@ def summarise(results: list[dict], arms: tuple[str, ...]) -> dict:
     return table
 
 
-def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> None:
+def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str,
+         zoom: bool = False) -> None:
+    """Probe vs steps, mean and std over seeds; ``zoom``: from the end of Stage 1 on (where only
+    Stage 1's last checkpoint was probed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -440,6 +470,8 @@ def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str) -> 
             ax.fill_between(steps, m - sd, m + sd, color=colours[arm], alpha=0.2)
         end1 = results[0]["stage1"][-1][0]
         ax.axvline(end1, color="k", ls=":", lw=1)
+        if zoom:
+            ax.set_xlim(left=end1 - 0.05 * (steps[-1] - end1))
         ax.set_xlabel("optimiser steps (dotted: end of Stage 1)")
         ax.set_ylabel(f"object probe, {metric} balanced accuracy (%)")
         ax.grid(alpha=0.3)
@@ -468,6 +500,8 @@ def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
         lines += ["", head, "|---|---:|---:|---:|---:|"]
         for key, name in (("purity", "trained Stage 1"),
                           ("purity_random_init", "random-init Stage 1")):
+            if key not in table:
+                continue
             t = table[key]
             lines.append(f"| {name} | {fmt(t['pair_purity'], 3)} | "
                          f"{t['random_pair_purity']['mean']:.3f} | "
@@ -483,6 +517,9 @@ def markdown(table: dict, arms: tuple[str, ...], header: str) -> str:
                   f"{fmt(v['linear'])} |" for k, v in table["hue"].items()]
     return "\n".join(lines) + "\n"
 
+
+# arms: what the command line sets of a recipe otherwise read from the `select` runs
+ARMS_FLAGS = ("e3", "probes", "ckpt_every", "workers", "device", "extra")
 
 # select: name -> changes to the recipe, or "world": changes to the generated world (Stage 1 only,
 # the first seed, the validation probe)
@@ -513,7 +550,7 @@ def select(recipe: Recipe, world: World, out: Path, images: int, probe_scenes: i
         cand_world = replace(world, **change.pop("world", {}))
         extra = [*recipe.extra, *change.pop("extra", [])]
         cand = Recipe(**{**vars(recipe), **change, "extra": extra})
-        run_dir = out / "".join(c if c.isalnum() else "_" for c in name)
+        run_dir = out / candidate_dir(name)
         # the base world's scenes are shared by the candidates that keep it
         shards, instances = world_data(out if cand_world == world else run_dir, images,
                                        cand_world)
@@ -570,9 +607,10 @@ def select_markdown(rows: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def spread(runs: list[Path], candidate: str) -> list[dict]:
-    """``select`` runs of one candidate, one seed each, as per-seed results (Stage 1 only)."""
-    results, recipe = [], None
+def select_runs(runs: list[Path], candidate: str) -> list[dict]:
+    """The ``select.json`` of finished ``select`` runs of one recipe and candidate, one seed
+    each; a bad run is a ValueError naming it."""
+    sels: list[dict] = []
     for run in runs:
         path = run / "select.json"
         if not path.is_file():
@@ -581,14 +619,26 @@ def spread(runs: list[Path], candidate: str) -> list[dict]:
         if candidate not in sel["candidates"]:
             raise ValueError(f"--runs: {run} has no candidate {candidate!r} "
                              f"(it has {list(sel['candidates'])})")
-        if recipe is not None and sel["recipe"] != recipe:
+        if sels and sel["recipe"] != sels[0]["recipe"]:
             raise ValueError(f"--runs: {run} trained another recipe than {runs[0]}")
-        recipe = sel["recipe"]
+        sels.append(sel)
+    if len({sel["seed"] for sel in sels}) < len(sels):
+        raise ValueError(f"--runs: a seed appears twice ({[sel['seed'] for sel in sels]})")
+    return sels
+
+
+def candidate_dir(name: str) -> str:
+    """The folder of a ``select`` candidate in its run."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def spread(runs: list[Path], candidate: str) -> list[dict]:
+    """``select`` runs of one candidate, one seed each, as per-seed results (Stage 1 only)."""
+    results = []
+    for sel in select_runs(runs, candidate):
         row = sel["candidates"][candidate]
         results.append({"seed": sel["seed"], "random": row["random"],
                         "random_bn": row["random_bn"], "stage1": row["curve"]})
-    if len({r["seed"] for r in results}) < len(results):
-        raise ValueError(f"--runs: a seed appears twice ({[r['seed'] for r in results]})")
     if len({tuple(s for s, _ in r["stage1"]) for r in results}) > 1:
         raise ValueError("--runs: the runs probed different steps (another schedule)")
     return results
@@ -609,10 +659,38 @@ def spread_markdown(results: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def selected_stage1(runs: list[Path], candidate: str) -> tuple[dict, list[tuple[int, Path]]]:
+    """The recipe and the (seed, Stage 1 run) of finished ``select`` runs of one candidate, one
+    seed each: where ``arms`` starts."""
+    sels = select_runs(runs, candidate)
+    found = [(sel["seed"], run / candidate_dir(candidate) / f"seed{sel['seed']}" / "stage1")
+             for sel, run in zip(sels, runs)]
+    for _, s1 in found:
+        if checkpoint.resolve(str(s1)) is None:
+            raise ValueError(f"--runs: {s1} holds no Stage 1 checkpoint")
+    return sels[0]["recipe"], found
+
+
+def arms_from(recipe: Recipe, data: dict, out: Path, seed: int, s1: Path, ec) -> dict:
+    """The BYOL and ORL arms of one seed from the end of a finished Stage 1 (``s1``), its last
+    checkpoint and the random init of ``seed`` probed on ``data``; the mining floor is not
+    redone (the ``world`` protocol measures it on the same scenes)."""
+    t0 = time.time()
+    res: dict = {"seed": seed, **baselines(recipe, data, seed, ec)}
+    step, last = checkpoints(s1)[-1]
+    res["stage1"] = [(step, probe(backbones.load(last), data, ec))]
+    arm_res, times = after_stage1(recipe, data, out / f"seed{seed}", s1, seed, ec,
+                                  ("byol", "orl"), floor=False)
+    res.update(arm_res)
+    res["seconds"] = {**{k: round(v, 1) for k, v in times.items()},
+                      "total": round(time.time() - t0, 1)}
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["world", "objects", "real", "select", "spread"])
+    ap.add_argument("mode", choices=["world", "objects", "real", "select", "spread", "arms"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                     help="the seeds (select: the first one only)")
@@ -631,9 +709,9 @@ def main() -> None:
                     help="world: categories a scene's objects are drawn from (0: any)")
     ap.add_argument("--candidates", nargs="+", metavar="NAME",
                     help=f"select: the candidates to train (default: all of {list(CANDIDATES)}); "
-                    "spread: the first one (default: base)")
+                    "spread, arms: the first one (default: base)")
     ap.add_argument("--runs", nargs="+", type=Path, metavar="DIR",
-                    help="spread: finished `select` runs of one recipe, one seed each")
+                    help="spread, arms: finished `select` runs of one recipe, one seed each")
     for name, value in vars(Recipe()).items():
         if name != "extra":
             ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -652,10 +730,10 @@ def main() -> None:
                                "eval.linear.epochs=100", "eval.batch_size=256"]).eval
     t0 = time.time()
 
+    candidate = (args.candidates or ["base"])[0]
+    if args.mode in ("spread", "arms") and not args.runs:
+        ap.error(f"{args.mode}: --runs is required")
     if args.mode == "spread":
-        if not args.runs:
-            ap.error("spread: --runs is required")
-        candidate = (args.candidates or ["base"])[0]
         try:
             results = spread(args.runs, candidate)
         except ValueError as e:
@@ -694,13 +772,24 @@ def main() -> None:
         return
 
     arms: tuple[str, ...] = ("byol", "orl")
-    if args.mode == "world":
+    stage1_runs: list[tuple[int, Path]] = []
+    if args.mode == "arms":
+        try:
+            trained, stage1_runs = selected_stage1(args.runs, candidate)
+        except ValueError as e:
+            ap.error(str(e))
+        # Stage 1's recipe; Stage 3's length and how it runs from the command line
+        recipe = Recipe(**{**trained, **{k: getattr(recipe, k) for k in ARMS_FLAGS}})
+    if args.mode in ("world", "arms"):
         shards, instances = world_data(out, args.images, world)
         # the world's objects are 24-60 px in 160 x 120 scenes: proposals of a third of a view
         data = {"shards": shards, "instances": instances, "min_box_size": recipe.crop // 3,
                 **with_hue(world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world))}
         title = (f"generated world ({world.colours} colours, {world.background} background), "
                  f"{args.images} scenes")
+        if stage1_runs:
+            title = (f"from {stage1_runs[0][1].parent.parent.parent.name}'s Stage 1 "
+                     f"(E1 {recipe.e1}), Stage 3 on {args.images} scenes")
     elif args.mode == "objects":
         data = {"shards": object_crops_data(out, args.images, world),
                 **with_hue(world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world))}
@@ -711,8 +800,9 @@ def main() -> None:
         data = real_data(out, recipe.crop)
         title = f"coco-mini + voc07, {data['pretrain_images']} images"
     results = []
-    for seed in args.seeds:
-        r = run_seed(args.mode, recipe, data, out, seed, ec, arms)
+    for seed, s1 in stage1_runs or [(seed, None) for seed in args.seeds]:
+        r = (arms_from(recipe, data, out, seed, s1, ec) if s1 is not None
+             else run_seed(args.mode, recipe, data, out, seed, ec, arms))
         results.append(r)
         finals = " | ".join(f"{name} {r[name][-1][1]['knn']:.1f}" for name in ("stage1", *arms))
         print(f"[learning] seed {seed} kNN: random {r['random']['knn']:.1f} | {finals}  "
@@ -722,13 +812,14 @@ def main() -> None:
     header = (f"{title}; {m['date']}, {m['machine']}, torch {m['torch']}; recipe "
               f"{recipe.backbone} ({recipe.stem} stem), {recipe.crop} px views / {recipe.patch} "
               f"px patches, batch {recipe.batch}, base lr {recipe.base_lr}, E1 {recipe.e1}, E3 "
-              f"{recipe.e3 if arms else '-'}; seeds {args.seeds}; {time.time() - t0:.0f} s in all")
+              f"{recipe.e3 if arms else '-'}; seeds {[r['seed'] for r in results]}; "
+              f"{time.time() - t0:.0f} s in all")
     md = markdown(table, arms, header)
     (out / "results.json").write_text(json.dumps({**m, "mode": args.mode, "recipe": vars(recipe),
                                                   "seconds": round(time.time() - t0, 1),
                                                   "summary": table, "seeds": results}, indent=1))
     (out / "results.md").write_text(md)
-    plot(results, arms, out / "learning.png", title)
+    plot(results, arms, out / "learning.png", title, zoom=bool(stage1_runs))
     print(md)
     print(f"plot: {out / 'learning.png'}")
 
