@@ -471,7 +471,8 @@ def plot(results: list[dict], arms: tuple[str, ...], path: Path, title: str,
         end1 = results[0]["stage1"][-1][0]
         ax.axvline(end1, color="k", ls=":", lw=1)
         if zoom:
-            ax.set_xlim(left=end1 - 0.05 * (steps[-1] - end1))
+            margin = 0.05 * (steps[-1] - end1)
+            ax.set_xlim(end1 - margin, steps[-1] + margin)
         ax.set_xlabel("optimiser steps (dotted: end of Stage 1)")
         ax.set_ylabel(f"object probe, {metric} balanced accuracy (%)")
         ax.grid(alpha=0.3)
