@@ -789,8 +789,8 @@ def main() -> None:
         title = (f"generated world ({world.colours} colours, {world.background} background), "
                  f"{args.images} scenes")
         if stage1_runs:
-            title = (f"from {stage1_runs[0][1].parent.parent.parent.name}'s Stage 1 "
-                     f"(E1 {recipe.e1}), Stage 3 on {args.images} scenes")
+            title = (f"from the last Stage 1 checkpoint (E1 {recipe.e1}) of {len(stage1_runs)} "
+                     f"select runs, Stage 3 on {args.images} scenes")
     elif args.mode == "objects":
         data = {"shards": object_crops_data(out, args.images, world),
                 **with_hue(world_probe(TEST_SEED, args.probe_scenes, recipe.crop, world))}
